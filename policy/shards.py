@@ -1,0 +1,105 @@
+"""Pre-tokenised training shards: fixed-length token sequences on disk, read memory-mapped.
+
+Tokenise once, train many times: the trainer never decodes video. A shard directory holds
+
+- ``meta.json``: ``{"format": "robotok-shards-v1", "num_sequences": N, "seq_len": L, "vocab_size": V, ...}``
+  plus whatever the writer adds (task names, source datasets);
+- ``tokens.bin``: int32 [N, L] token ids, right-padded with the PAD id;
+- ``kinds.bin``: uint8 [N, L], what the token at each position is as a *target* (``KIND_*``): the loss
+  at position t predicts ``tokens[t]`` from ``tokens[:t]``, weighted by its kind;
+- ``episodes.bin``: int32 [N, 2], (episode index, step index) of each sequence, for splits by episode.
+
+Beside them, the writer of the shards puts everything a checkpoint needs to describe itself
+(``token_space.json``, ``policy.json``, ``tokenizers/``); the trainer copies those into every checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT = "robotok-shards-v1"
+KIND_NONE = 0  # context only (prompt, frames, state, padding): no loss
+KIND_ACTION = 1  # action tokens and the action-closing marker: the policy loss
+KIND_FRAME = 2  # next-frame video tokens: the world-model loss (weighted)
+
+
+def write_shards(out_dir: str | Path, tokens: np.ndarray, kinds: np.ndarray, episodes: np.ndarray,
+                 meta: dict[str, Any], extra_files: dict[str, str | Path] | None = None) -> Path:
+    """Write a shard directory atomically (temporary directory, then rename).
+
+    ``tokens``/``kinds``: [N, L]; ``episodes``: [N, 2]. ``extra_files`` maps a name inside the shard
+    directory to a file or folder to copy there (token space, tokenizers, policy conventions).
+    """
+    tokens = np.ascontiguousarray(tokens, dtype=np.int32)
+    kinds = np.ascontiguousarray(kinds, dtype=np.uint8)
+    episodes = np.ascontiguousarray(episodes, dtype=np.int32)
+    if tokens.ndim != 2 or kinds.shape != tokens.shape or episodes.shape != (tokens.shape[0], 2):
+        raise ValueError(f"shapes disagree: tokens {tokens.shape}, kinds {kinds.shape}, episodes {episodes.shape}")
+    if "vocab_size" not in meta:
+        raise ValueError("meta must give vocab_size")
+    if tokens.size and (tokens.min() < 0 or tokens.max() >= meta["vocab_size"]):
+        raise ValueError(f"token ids span [{tokens.min()}, {tokens.max()}], outside vocab_size {meta['vocab_size']}")
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        tokens.tofile(tmp / "tokens.bin")
+        kinds.tofile(tmp / "kinds.bin")
+        episodes.tofile(tmp / "episodes.bin")
+        full = {**meta, "format": FORMAT, "num_sequences": int(tokens.shape[0]), "seq_len": int(tokens.shape[1])}
+        (tmp / "meta.json").write_text(json.dumps(full, indent=2))
+        for name, src in (extra_files or {}).items():
+            src = Path(src)
+            if src.is_dir():
+                shutil.copytree(src, tmp / name)
+            else:
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, tmp / name)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+class TokenShards:
+    """Read-only, memory-mapped view of a shard directory."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        meta_path = self.root / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.root} is not a shard directory (no meta.json); "
+                                    "make one with robotok-pretokenize")
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise ValueError(f"{self.root}: shard format {self.meta.get('format')!r}, expected {FORMAT!r}")
+        n, length = self.meta["num_sequences"], self.meta["seq_len"]
+        self.tokens = np.memmap(self.root / "tokens.bin", dtype=np.int32, mode="r", shape=(n, length))
+        self.kinds = np.memmap(self.root / "kinds.bin", dtype=np.uint8, mode="r", shape=(n, length))
+        self.episodes = np.memmap(self.root / "episodes.bin", dtype=np.int32, mode="r", shape=(n, 2))
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.meta["seq_len"])
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["vocab_size"])
+
+    def __len__(self) -> int:
+        return int(self.meta["num_sequences"])
+
+    def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Tokens and kinds of the given sequences, copied out of the memory map: ([B, L] int64, [B, L] uint8)."""
+        indices = np.asarray(indices)
+        return self.tokens[indices].astype(np.int64), np.asarray(self.kinds[indices])

@@ -1,0 +1,39 @@
+"""MuJoCo tasks of a world built for people, as gymnasium envs, with scripted experts.
+
+Importing this package registers the env ids ``robotok/PickCup-v0`` and ``robotok/Drive-v0``.
+No torch here: recording demonstrations must not need the training stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+import robotok  # noqa: F401  (sets MUJOCO_GL=egl before mujoco is imported)
+
+ENV_IDS = ("robotok/PickCup-v0", "robotok/Drive-v0")
+
+if "robotok/PickCup-v0" not in gym.registry:
+    gym.register(id="robotok/PickCup-v0", entry_point="robotok.sim_envs.pick_cup:PickCupEnv", max_episode_steps=200)
+if "robotok/Drive-v0" not in gym.registry:
+    gym.register(id="robotok/Drive-v0", entry_point="robotok.sim_envs.drive:DriveEnv", max_episode_steps=400)
+
+
+def make_expert(env: gym.Env, noise: float = 0.0) -> Callable[[dict[str, Any]], np.ndarray]:
+    """A scripted expert for the episode the env is in now (call after ``reset``).
+
+    It reads the simulator state (not the pixels), so it is an upper bound for a policy, and with
+    ``noise > 0`` it injects perturbations that it then recovers from, for diverse demonstrations.
+    """
+    base = env.unwrapped
+    from robotok.sim_envs.drive import DriveEnv, DriveExpert
+    from robotok.sim_envs.pick_cup import PickCupEnv, PickCupExpert
+
+    if isinstance(base, PickCupEnv):
+        return PickCupExpert(base, noise=noise)
+    if isinstance(base, DriveEnv):
+        return DriveExpert(base, noise=noise)
+    raise TypeError(f"no scripted expert for {type(base).__name__}; experts exist for {', '.join(ENV_IDS)}")
