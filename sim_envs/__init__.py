@@ -29,11 +29,14 @@ def make_expert(env: gym.Env, noise: float = 0.0) -> Callable[[dict[str, Any]], 
     ``noise > 0`` it injects perturbations that it then recovers from, for diverse demonstrations.
     """
     base = env.unwrapped
-    from robotok.sim_envs.drive import DriveEnv, DriveExpert
-    from robotok.sim_envs.pick_cup import PickCupEnv, PickCupExpert
+    # Dispatch on the module that defines the env, so that one env's module never imports the other's.
+    module = type(base).__module__
+    if module == "robotok.sim_envs.pick_cup":
+        from robotok.sim_envs.pick_cup import PickCupExpert
 
-    if isinstance(base, PickCupEnv):
         return PickCupExpert(base, noise=noise)
-    if isinstance(base, DriveEnv):
+    if module == "robotok.sim_envs.drive":
+        from robotok.sim_envs.drive import DriveExpert
+
         return DriveExpert(base, noise=noise)
     raise TypeError(f"no scripted expert for {type(base).__name__}; experts exist for {', '.join(ENV_IDS)}")
