@@ -1,0 +1,205 @@
+"""Pre-tokenisation: every shard row parses back to its episode, and inference builds the same context."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from robotok.datasets.lerobot_v3 import LeRobotDataset, LeRobotDatasetWriter
+from robotok.policy.model import ModelConfig, Transformer
+from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, main, pretokenize
+from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_NONE, TokenShards
+from robotok.tokenizers.action import BinningTokenizer, DCTBPETokenizer, load_action_tokenizer
+from robotok.tokenizers.space import ACT_CLOSE, FRAME_CLOSE, PAD, TokenSpace, history_indices
+from robotok.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
+
+H, W = 16, 16
+HORIZON = 6
+ROBOTS = {  # name: state dim, action dim, cameras, tasks
+    "pick": (7, 5, ("front", "wrist"), ("pick up the red cup", "pick up the blue cup")),
+    "drive": (4, 2, ("front", "top"), ("drive the left route",)),
+}
+
+
+def write_dataset(root: Path, name: str, episodes: int, seed: int) -> Path:
+    s_dim, a_dim, cams, tasks = ROBOTS[name]
+    rng = np.random.default_rng(seed)
+    features = {"observation.state": {"dtype": "float32", "shape": [s_dim]},
+                "action": {"dtype": "float32", "shape": [a_dim]},
+                **{f"observation.images.{c}": {"dtype": "video", "shape": [H, W, 3]} for c in cams}}
+    with LeRobotDatasetWriter(root / name, fps=20, features=features, robot_type=name) as w:
+        for e in range(episodes):
+            t = np.arange(int(rng.integers(9, 15)))[:, None]
+            state = np.sin(0.3 * t + rng.uniform(0, 6, s_dim)) * rng.uniform(0.5, 3, s_dim)
+            action = np.clip(np.sin(0.4 * t + rng.uniform(0, 6, a_dim)), -1, 1)
+            if name == "pick":
+                action[:, -1] = np.where(t[:, 0] < len(t) // 2, -1.0, 1.0)  # a gripper: two levels
+            ep = {"observation.state": state.astype(np.float32), "action": action.astype(np.float32)}
+            for c in cams:
+                y, x = np.mgrid[:H, :W]
+                base = (x[None] * 8 + y[None] * 4 + t[:, :, None] * 10 + 60 * cams.index(c)) % 256
+                ep[f"observation.images.{c}"] = np.stack([base, 255 - base, (base * 3) % 256], -1).astype(np.uint8)
+            w.add_episode(ep, tasks[e % len(tasks)])
+    return root / name
+
+
+def all_chunks(ds: LeRobotDataset, dim: int | None = None) -> np.ndarray:
+    out = []
+    for i in range(ds.num_episodes):
+        a = ds.episode(i, load_images=False)["action"]
+        out += [action_chunk(a, t, HORIZON, dim or a.shape[1]) for t in range(len(a))]
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    pick = LeRobotDataset(write_dataset(root, "pick", 3, 0))
+    drive = LeRobotDataset(write_dataset(root, "drive", 2, 1))
+    toks = [BinningTokenizer(bins=32).fit(all_chunks(pick)),
+            DCTBPETokenizer(scale=8.0, bpe_vocab_size=200).fit(all_chunks(drive))]
+    torch.manual_seed(0)
+    vt = VideoTokenizer(cfg=VideoTokenizerConfig(image_size=(H, W), downsample=8, levels=(4, 4), channels=(8,)))
+    cfg = PretokenizeConfig(out=str(root / "shards"), cameras=("front", "wrist", "top"), horizon=HORIZON,
+                            n_action_steps=3, history=2, history_stride=2, frame_loss=True, state_bins=128)
+    out = pretokenize([("pick", pick), ("drive", drive)], toks, vt, cfg, progress=False)
+    return {"root": root, "datasets": [pick, drive], "toks": toks, "vt": vt, "cfg": cfg, "out": out}
+
+
+def test_every_row_parses_back_to_its_episode(world) -> None:
+    shards, out = TokenShards(world["out"]), world["out"]
+    space = TokenSpace.load(out / "token_space.json")
+    policy = json.loads((out / "policy.json").read_text())
+    vt, cfg = world["vt"], world["cfg"]
+    assert [e["cameras"] for e in policy["embodiments"]] == [["front", "wrist"], ["front", "top"]]
+    assert space.action_ranges[0].length == HORIZON * 5 and space.action_ranges[1].length is None
+    episodes, n_rows = [], 0
+    for d, ds in enumerate(world["datasets"]):
+        episodes += [(d, ds, i) for i in range(ds.num_episodes)]
+        n_rows += int(ds.episode_lengths.sum())
+    assert len(shards) == n_rows and shards.vocab_size == space.vocab_size
+    rows = {tuple(e): r for r, e in enumerate(np.asarray(shards.episodes))}
+    for e_i, (d, ds, i) in enumerate(episodes):
+        ep = ds.episode(i)
+        emb, tok = policy["embodiments"][d], world["toks"][d]
+        codes = {c: vt.encode(ep[f"observation.images.{c}"]) for c in emb["cameras"]}
+        e = space.embodiments[d]
+        lo, hi = np.array(e.state_lo), np.array(e.state_hi)
+        for t in range(len(ep["action"])):
+            row = rows[(e_i, t)]
+            tokens, kinds = np.asarray(shards.tokens[row]), np.asarray(shards.kinds[row])
+            p = space.parse(tokens)
+            assert p["prompt"] == ep["task"]
+            hist = history_indices(t, cfg.history, cfg.history_stride)
+            assert len(p["steps"]) == cfg.history
+            for (video, state), j in zip(p["steps"], hist, strict=True):
+                expect = np.concatenate([codes[c][j].ravel() for c in emb["cameras"]])
+                np.testing.assert_array_equal(space.video_codes(video), expect)
+                x = ep["observation.state"][j]
+                inside = (x >= lo) & (x <= hi)
+                err = np.abs(space.decode_state(state, d) - x)[inside]
+                assert np.all(err <= 0.5 * ((hi - lo) / space.state_bins)[inside] + 1e-5)
+            chunk = action_chunk(ep["action"], t, HORIZON, ep["action"].shape[1])
+            ids = space.action_tokens(p["actions"], e.action_range)
+            assert len(ids) == len(p["actions"]) and ids == tok.encode(chunk)
+            back, ok = tok.decode(ids, HORIZON, chunk.shape[1])
+            assert ok
+            bound = tok.bin_widths().max() / 2 + 1e-5 if d == 0 else 0.15
+            assert np.abs(back - chunk).max() <= bound, (d, np.abs(back - chunk).max())
+            nxt = min(len(ep["action"]) - 1, t + policy["n_action_steps"])
+            np.testing.assert_array_equal(space.video_codes(p["next_frame"]),
+                                          np.concatenate([codes[c][nxt].ravel() for c in emb["cameras"]]))
+            # kinds: action ids + ACT_CLOSE, then the next frame's ids + FRAME_CLOSE; PAD after the end
+            n = int((tokens != PAD).sum())
+            assert (tokens[n:] == PAD).all() and (kinds[n:] == KIND_NONE).all()
+            act = np.flatnonzero(kinds == KIND_ACTION)
+            assert tokens[act].tolist() == [*p["actions"], ACT_CLOSE]
+            frame = np.flatnonzero(kinds == KIND_FRAME)
+            assert tokens[frame].tolist() == [*p["next_frame"], FRAME_CLOSE] and frame[-1] == n - 1
+
+
+def test_shard_dir_carries_what_a_checkpoint_needs(world) -> None:
+    out = world["out"]
+    space = TokenSpace.load(out / "token_space.json")
+    policy = json.loads((out / "policy.json").read_text())
+    assert policy["horizon"] == HORIZON and policy["n_action_steps"] == 3 and policy["history"] == 2
+    assert policy["tasks"] == sorted({*ROBOTS["pick"][3], *ROBOTS["drive"][3]})
+    assert [(e["state_dim"], e["action_dim"], e["hold"]) for e in policy["embodiments"]] == [
+        (7, 5, [0.0] * 5), (4, 2, [0.0] * 2)]
+    (a0, a1), (b0, b1) = space.ranges()["action/pick"], space.ranges()["action/drive"]
+    assert a1 <= b0 and a1 - a0 == world["toks"][0].vocab_size and b1 - b0 == world["toks"][1].vocab_size
+    chunk = all_chunks(world["datasets"][1])[:4]
+    back = load_action_tokenizer(out / "tokenizers/action/drive")
+    assert back.encode_batch(chunk) == world["toks"][1].encode_batch(chunk)
+    frames = world["datasets"][0].episode_frames(0, "observation.images.front")
+    np.testing.assert_array_equal(VideoTokenizer.load(out / "tokenizers/video").encode(frames),
+                                  world["vt"].encode(frames))
+
+
+def test_one_shared_tokenizer_pads_actions_to_its_dimension(world, tmp_path) -> None:
+    pick, drive = world["datasets"]
+    tok = BinningTokenizer(bins=16).fit(np.concatenate([all_chunks(pick), all_chunks(drive, dim=5)]))
+    cfg = PretokenizeConfig(out=str(tmp_path / "shards"), horizon=HORIZON, history=1)
+    out = pretokenize([("pick", pick), ("drive", drive)], [tok], world["vt"], cfg, progress=False)
+    space, shards = TokenSpace.load(out), TokenShards(out)
+    assert [r.name for r in space.action_ranges] == ["shared"]
+    assert [e.action_range for e in space.embodiments] == [0, 0]
+    row = int(np.flatnonzero(np.asarray(shards.episodes)[:, 0] == pick.num_episodes)[0])  # first drive row
+    ids = space.action_tokens(space.parse(shards.tokens[row])["actions"], 0)
+    back, ok = tok.decode(ids, HORIZON, 5)
+    assert ok and len(ids) == HORIZON * 5 and np.abs(back[:, 2:]).max() <= tok.bin_widths().max() / 2
+
+
+def test_inference_builds_the_same_context_as_the_shards(world, tmp_path) -> None:
+    """Replaying an episode through Policy gives, at every step, the context of that step's shard row."""
+    from robotok.policy.inference import Policy
+
+    out, ckpt = world["out"], tmp_path / "ckpt"
+    shutil.copytree(out, ckpt)
+    shards = TokenShards(out)
+    cfg = ModelConfig(vocab_size=shards.vocab_size, n_layer=1, n_head=2, d_model=32, max_seq_len=shards.seq_len + 64)
+    save_file(Transformer(cfg).state_dict(), ckpt / "model.safetensors")
+    (ckpt / "config.json").write_text(json.dumps({"model": asdict(cfg)}))
+    policy = Policy.from_checkpoint(ckpt)
+    rows = {tuple(e): r for r, e in enumerate(np.asarray(shards.episodes))}
+    for d, i in [(0, 0), (0, 1), (1, 0)]:
+        ds = world["datasets"][d]
+        e_i = i if d == 0 else world["datasets"][0].num_episodes + i
+        ep = ds.episode(i)
+        policy.reset()
+        cams = policy.embodiments[d]["cameras"]
+        for t in range(len(ep["action"])):
+            obs = {"pixels": {c: ep[f"observation.images.{c}"][t] for c in ROBOTS[ds.info["robot_type"]][2]},
+                   "agent_pos": ep["observation.state"][t], "task": ep["task"]}
+            policy._observe(obs)
+            ctx = policy._context(obs["task"])
+            assert policy._embodiment == d and cams
+            assert ctx == np.asarray(shards.tokens[rows[(e_i, t)]])[: len(ctx)].tolist(), (d, i, t)
+    chunk = policy.predict_chunk(obs)
+    assert chunk.shape == (HORIZON, 2) and chunk.dtype == np.float32 and np.isfinite(chunk).all()
+
+
+def test_cli_writes_shards_and_reports_bad_input(world, tmp_path, monkeypatch, capsys) -> None:
+    root = world["root"]
+    world["toks"][0].save(tmp_path / "tok_pick")
+    world["vt"].save(tmp_path / "video")
+    args = ["robotok-pretokenize", "--dataset", str(root / "pick"), "--action-tokenizer", str(tmp_path / "tok_pick"),
+            "--video-tokenizer", str(tmp_path / "video"), "--out", str(tmp_path / "shards"), "--horizon", "6"]
+    monkeypatch.setattr(sys, "argv", args)
+    main()
+    assert len(TokenShards(tmp_path / "shards")) == int(world["datasets"][0].episode_lengths.sum())
+    assert "sequences" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", args[:3] + ["--action-tokenizer", str(tmp_path / "nope")] + args[5:])
+    with pytest.raises(SystemExit, match="robotok-pretokenize: error: .*nope is not a directory"):
+        main()
+    monkeypatch.setattr(sys, "argv", args + ["--cameras", "top"])
+    with pytest.raises(SystemExit, match="none of --cameras"):
+        main()
