@@ -1,0 +1,328 @@
+"""A decoder-only transformer over the joint token stream (prompt bytes, video codes, state bins, actions).
+
+nanoGPT's shape (Radford et al. 2019) with the LLaMA changes (Touvron et al. 2023): RMSNorm before each
+sub-layer (Zhang & Sennrich 2019), rotary position embeddings (Su et al. 2021, "RoFormer"), SwiGLU
+feed-forward (Shazeer 2020), no biases. Attention is ``F.scaled_dot_product_attention``.
+
+Conventions:
+- Input and output embeddings are TIED (one ``[V, d]`` matrix): the vocabulary is small (a few thousand
+  ids), so at ``tiny`` scale an untied head would add ~15% parameters for no measurable gain, and the
+  saved file holds it once (``tok_emb.weight``; there is no ``lm_head`` key).
+- ``forward`` is tensors in, tensors out; sampling, constraints and text handling live outside.
+- Incremental decoding has two faces over the same maths: ``forward_kv(idx, pos, k_cache, v_cache)`` is a
+  pure function of explicit tensors (caches ``[n_layer, B, n_head, T_max, head_dim]``, attention over the
+  whole ``T_max`` under a position mask, static shapes) so it can be exported as a single-step decode
+  graph; ``forward_cached(idx, cache)`` writes into a preallocated ``KVCache`` in place and attends only
+  to the filled prefix, for speed in torch.
+- FSDP2 wrap units: every element of ``model.blocks`` (a ``Block``); the root unit keeps the tied
+  embedding and the final norm. See ``robotok.policy.train``.
+
+Parameters per preset with a 2048-id vocabulary (``python -m robotok.policy.model`` prints them):
+micro 0.23M, tiny 3.74M, small 11.41M, base 86.53M, large 305.71M.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of the transformer; saved in every checkpoint's ``config.json``."""
+
+    vocab_size: int = 2048
+    """Size of the joint token space (the trainer takes it from the shards)."""
+    n_layer: int = 4
+    """Number of transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; ``d_model`` must be a multiple of it."""
+    d_model: int = 256
+    """Width of the residual stream."""
+    max_seq_len: int = 1024
+    """Longest sequence the rotary tables and KV caches cover."""
+    ffn_mult: float = 8 / 3
+    """SwiGLU hidden width as a multiple of d_model (8/3 keeps the parameter count of a 4x GELU MLP)."""
+    rope_theta: float = 10000.0
+    """Base of the rotary frequencies."""
+    norm_eps: float = 1e-5
+    """RMSNorm epsilon."""
+    dropout: float = 0.0
+    """Residual and attention dropout (0: none; training stays deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
+        if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
+            raise ValueError(f"sizes must be positive: {self}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        return 64 * math.ceil(self.ffn_mult * self.d_model / 64)  # a multiple of 64 for fast matmuls
+
+
+# Named presets, a plain dict. ``tiny`` is the CPU demo; small, base and large are for GPUs.
+PRESETS: dict[str, ModelConfig] = {
+    "micro": ModelConfig(n_layer=2, n_head=2, d_model=64, max_seq_len=256),  # tests and smoke runs
+    "tiny": ModelConfig(n_layer=4, n_head=4, d_model=256),
+    "small": ModelConfig(n_layer=6, n_head=6, d_model=384),
+    "base": ModelConfig(n_layer=12, n_head=12, d_model=768, max_seq_len=2048),
+    "large": ModelConfig(n_layer=24, n_head=16, d_model=1024, max_seq_len=2048),
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(cfg: ModelConfig) -> tuple[Tensor, Tensor]:
+    """cos, sin: [max_seq_len, head_dim/2] float32."""
+    inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float64) / cfg.head_dim))
+    ang = torch.outer(torch.arange(cfg.max_seq_len, dtype=torch.float64), inv)
+    return ang.cos().float(), ang.sin().float()
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """x: [B, H, T, D]; cos/sin: [T, D/2]. Rotates the pairs (i, i + D/2) (the GPT-NeoX layout)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def _qkv(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        b, t, d = x.shape
+        q, k, v = self.qkv(x).view(b, t, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # 3x [B, H, T, D]
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    def _out(self, y: Tensor) -> Tensor:
+        b, _, t, _ = y.shape
+        return self.proj(y.transpose(1, 2).reshape(b, t, self.n_head * self.head_dim))
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        q, k, v = self._qkv(x, cos, sin)
+        p = self.dropout if self.training else 0.0
+        return self._out(F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True))
+
+    def forward_kv(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, positions: Tensor,
+                   k_cache: Tensor, v_cache: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Attend from x (at ``positions``, [T]) to the cache after writing x's keys/values into it.
+
+        k_cache/v_cache: [B, H, T_max, D]. mask: [T, L] bool (True: may attend), L = the cache length used.
+        With ``inplace`` the caches are written in place and only their first L entries are read.
+        """
+        q, k, v = self._qkv(x, cos, sin)
+        if inplace:
+            k_cache.index_copy_(2, positions, k.to(k_cache.dtype))
+            v_cache.index_copy_(2, positions, v.to(v_cache.dtype))
+        else:
+            k_cache = k_cache.index_copy(2, positions, k.to(k_cache.dtype))
+            v_cache = v_cache.index_copy(2, positions, v.to(v_cache.dtype))
+        length = mask.shape[-1]
+        k_all, v_all = k_cache[:, :, :length].to(q.dtype), v_cache[:, :, :length].to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)
+        return self._out(y), k_cache, v_cache
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.d_model, 2 * cfg.ffn_hidden, bias=False)
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Pre-norm residual block; the FSDP2 wrap unit."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attn_norm, self.attn = RMSNorm(cfg.d_model, cfg.norm_eps), Attention(cfg)
+        self.ffn_norm, self.ffn = RMSNorm(cfg.d_model, cfg.norm_eps), SwiGLU(cfg)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
+        return x + self.drop(self.ffn(self.ffn_norm(x)))
+
+    def forward_kv(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, positions: Tensor,
+                   k_cache: Tensor, v_cache: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+        a, k_cache, v_cache = self.attn.forward_kv(self.attn_norm(x), cos, sin, mask, positions,
+                                                   k_cache, v_cache, inplace)
+        x = x + a
+        return x + self.ffn(self.ffn_norm(x)), k_cache, v_cache
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys/values of every layer, ``[n_layer, B, n_head, max_len, head_dim]``, and the next position.
+
+    ``pos`` may be moved back (``truncate``) to reuse a cached prefix: entries at or after it are ignored
+    and overwritten by the next ``forward_cached``.
+    """
+
+    k: Tensor
+    v: Tensor
+    pos: int = 0
+
+    @property
+    def max_len(self) -> int:
+        return self.k.shape[3]
+
+    def truncate(self, pos: int) -> None:
+        if not 0 <= pos <= self.pos:
+            raise ValueError(f"cannot truncate a cache at position {self.pos} to {pos}")
+        self.pos = pos
+
+    def clone(self) -> KVCache:
+        return KVCache(self.k.clone(), self.v.clone(), self.pos)
+
+
+def weighted_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None = None,
+                           reduction: str = "mean") -> Tensor:
+    """Cross-entropy of logits [B, T, V] against targets [B, T], weighted per position (weights [B, T], 0 = ignore).
+
+    ``reduction="mean"``: sum(w * ce) / sum(w); ``"sum"``: sum(w * ce) (the trainer normalises by the weight
+    of the whole global batch, so that gradients do not depend on how it is split across ranks).
+    Without weights every target counts, except negative ids.
+    """
+    assert logits.shape[:2] == targets.shape, f"logits {tuple(logits.shape)} vs targets {tuple(targets.shape)}"
+    if weights is None:
+        weights = (targets >= 0).float()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten().clamp_min(0), reduction="none")
+    total = (ce * weights.flatten().float()).sum()
+    if reduction == "sum":
+        return total
+    return total / weights.sum().float().clamp_min(1e-8)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        cos, sin = rope_tables(cfg)
+        self.register_buffer("rope_cos", cos, persistent=False)  # derived from cfg; not saved
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """GPT-2 init: N(0, 0.02), residual output projections scaled by 1/sqrt(2 n_layer)."""
+        for name, p in self.named_parameters():
+            if p.dim() == 2:
+                std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if name.endswith(("proj.weight", "down.weight")) else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            else:
+                nn.init.ones_(p)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def _head(self, x: Tensor) -> Tensor:
+        return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None,
+                weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """idx, targets: [B, T] int64; weights: [B, T] float (0 = ignore). Returns (logits [B, T, V], loss | None)."""
+        b, t = idx.shape
+        assert t <= self.cfg.max_seq_len, f"sequence length {t} > max_seq_len {self.cfg.max_seq_len}"
+        x = self.drop(self.tok_emb(idx))
+        cos, sin = self.rope_cos[:t], self.rope_sin[:t]
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        logits = self._head(x)
+        loss = None if targets is None else weighted_cross_entropy(logits, targets, weights)
+        return logits, loss
+
+    def _decode(self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | None,
+                inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+        b, t = idx.shape
+        positions = pos.reshape(()).to(torch.long) + torch.arange(t, device=idx.device)  # [T]
+        length = k_cache.shape[3] if length is None else length
+        mask = torch.arange(length, device=idx.device)[None, :] <= positions[:, None]  # [T, L]
+        cos, sin = self.rope_cos[positions], self.rope_sin[positions]
+        x = self.tok_emb(idx)
+        ks, vs = [], []
+        for i, block in enumerate(self.blocks):
+            x, k_i, v_i = block.forward_kv(x, cos, sin, mask, positions, k_cache[i], v_cache[i], inplace)
+            ks.append(k_i)
+            vs.append(v_i)
+        if not inplace:
+            k_cache, v_cache = torch.stack(ks), torch.stack(vs)
+        return self._head(x), k_cache, v_cache
+
+    def forward_kv(self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Pure incremental step: idx [B, T] at positions pos..pos+T-1 (pos: int64 scalar tensor).
+
+        k_cache, v_cache: [n_layer, B, n_head, T_max, head_dim]. Returns (logits [B, T, V], new k, new v);
+        the inputs are not modified. Static shapes throughout, for export as a decode graph.
+        """
+        return self._decode(idx, pos, k_cache, v_cache, length=None, inplace=False)
+
+    def new_cache(self, batch: int, max_len: int | None = None, device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> KVCache:
+        max_len = self.cfg.max_seq_len if max_len is None else max_len
+        if max_len > self.cfg.max_seq_len:
+            raise ValueError(f"cache length {max_len} > max_seq_len {self.cfg.max_seq_len}")
+        ref = self.tok_emb.weight
+        shape = (self.cfg.n_layer, batch, self.cfg.n_head, max_len, self.cfg.head_dim)
+        k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
+        return KVCache(k, torch.zeros_like(k), 0)
+
+    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
+        """Append idx [B, T] to the cache (in place), advance it, and return logits [B, T, V]."""
+        t = idx.shape[1]
+        if idx.shape[0] != cache.k.shape[1]:
+            raise ValueError(f"batch {idx.shape[0]} != cache batch {cache.k.shape[1]}")
+        if cache.pos + t > cache.max_len:
+            raise ValueError(f"cache full: position {cache.pos} + {t} tokens > {cache.max_len}")
+        pos = torch.tensor(cache.pos, device=idx.device)
+        logits, _, _ = self._decode(idx, pos, cache.k, cache.v, length=cache.pos + t, inplace=True)
+        cache.pos += t
+        return logits
+
+
+def config_from_dict(d: dict) -> ModelConfig:
+    return ModelConfig(**{k: v for k, v in d.items() if k in ModelConfig.__dataclass_fields__})
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return replace(PRESETS[name], **overrides)
+
+
+if __name__ == "__main__":
+    for name, c in PRESETS.items():
+        with torch.device("meta"):
+            n = Transformer(c).num_params()
+        print(f"{name:6s} {n / 1e6:7.2f}M params  {asdict(c)}")

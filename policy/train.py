@@ -1,0 +1,481 @@
+"""Train the policy transformer on pre-tokenised shards: one CPU process, or torchrun over GPUs and nodes.
+
+    robotok-train --data runs/demo/shards --preset tiny --steps 2000 --out runs/demo/ckpt
+    torchrun --nproc-per-node=8 -m robotok.policy.train --data ... --preset base [--fsdp]
+
+Distributed runs are detected from torchrun's RANK/WORLD_SIZE (NCCL on CUDA, gloo on CPU); ``--fsdp``
+shards every ``Block`` with FSDP2 (``fully_shard``), otherwise DDP. ``--batch-size`` is the GLOBAL batch
+(sequences per optimizer step over all ranks and accumulation steps); the sequences of a step are a pure
+function of (seed, step), and each rank takes its own slice, so N processes give the same updates as one
+(up to float summation order), and ``--resume`` continues exactly where an uninterrupted run would be.
+The loss is cross-entropy on action tokens (weight 1) plus next-frame video tokens (``--frame-loss-weight``),
+normalised by the weight of the whole global batch. Rank 0 logs (tqdm, ``log.jsonl``, TensorBoard when
+installed) and writes the checkpoint directory, the model unwrapped (see ``robotok.policy.model``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint.state_dict as dcp_sd
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
+from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards
+
+CKPT_FORMAT = "robotok-checkpoint-v1"
+COPIED_FROM_SHARDS = ("token_space.json", "policy.json", "tokenizers")
+
+
+@dataclass
+class TrainConfig:
+    """robotok-train: fit the policy transformer to a shard directory."""
+
+    data: Path = Path("runs/demo/shards")
+    """Shard directory written by robotok-pretokenize."""
+    out: Path = Path("runs/demo/ckpt")
+    """Checkpoint directory (created; overwritten unless --resume)."""
+    preset: Literal["micro", "tiny", "small", "base", "large"] = "tiny"
+    """Model size (robotok.policy.model.PRESETS): micro for smoke tests, tiny for a CPU, the others for GPUs."""
+    steps: int = 2000
+    """Optimizer steps of the whole run (the cosine schedule ends here)."""
+    batch_size: int = 32
+    """Global batch: sequences per optimizer step, over all ranks and accumulation steps."""
+    grad_accum: int = 1
+    """Micro-steps per optimizer step (each rank processes batch_size / (world * grad_accum) at once)."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    min_lr_ratio: float = 0.1
+    """The cosine decays to lr * min_lr_ratio."""
+    warmup_steps: int = 100
+    """Linear warm-up steps (capped at steps // 10 for short runs)."""
+    weight_decay: float = 0.1
+    """AdamW weight decay, on matrices and embeddings only (not norms)."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0: no clipping)."""
+    frame_loss_weight: float = 0.0
+    """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
+    val_fraction: float = 0.1
+    """Fraction of EPISODES held out for validation (0: none)."""
+    eval_every: int = 200
+    """Validate every this many steps (and at the end)."""
+    eval_sequences: int = 256
+    """Validation sequences per evaluation (a fixed subset, so evaluations compare)."""
+    ckpt_every: int = 500
+    """Write the checkpoint every this many steps (and at the end)."""
+    log_every: int = 10
+    """Log training metrics every this many steps."""
+    seed: int = 0
+    """Seed of the initialisation, the data order and the validation split."""
+    resume: bool = False
+    """Continue from the checkpoint in --out (same flags), giving the same result as an unbroken run."""
+    stop_at: int = 0
+    """Stop (with a checkpoint) after this step, e.g. to split a run over time-limited jobs (0: run to --steps)."""
+    fsdp: bool = False
+    """Shard parameters, gradients and optimizer state with FSDP2 (needs a torchrun launch)."""
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision: auto is bf16 autocast on CUDA and on CPUs with AMX-BF16, else fp32."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train: auto picks CUDA when available."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}: >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction {self.val_fraction} must be in [0, 1)")
+        if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
+                             f" min_lr_ratio {self.min_lr_ratio} out of range")
+        if min(self.eval_every, self.ckpt_every, self.log_every) < 1 or self.stop_at < 0:
+            raise ValueError(f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
+                             f" must be >= 1 and stop_at {self.stop_at} >= 0")
+
+
+def cpu_has_amx_bf16() -> bool:
+    """AMX-BF16 tiles make bf16 matmuls ~2x faster than fp32 on CPU (benchmarks/policy_speed.py measures it)."""
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32."""
+    if choice == "fp32":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_amx_bf16() else None
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at cfg.steps."""
+    warm = min(cfg.warmup_steps, cfg.steps // 10)
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(1, cfg.steps - warm)
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+
+
+def split_by_episode(episodes: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence indices (train, val): whole episodes go to one side, chosen at random from the seed."""
+    ep = np.asarray(episodes[:, 0])
+    unique = np.unique(ep)
+    n_val = int(round(val_fraction * len(unique)))
+    if val_fraction > 0 and len(unique) >= 2:
+        n_val = min(max(n_val, 1), len(unique) - 1)
+    else:
+        n_val = 0
+    val_eps = np.random.default_rng([seed, 7]).permutation(unique)[:n_val]
+    is_val = np.isin(ep, val_eps)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def global_batch_indices(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> np.ndarray:
+    """The sequences of optimizer step ``step``: [global_batch] indices, a pure function of (seed, step).
+
+    Walks epoch-wise permutations of the training set, so every sequence is seen once per epoch.
+    """
+    n = len(train_idx)
+    pos = step * global_batch + np.arange(global_batch)
+    out = np.empty(global_batch, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        sel = pos // n == epoch
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        out[sel] = train_idx[perm[pos[sel] % n]]
+    return out
+
+
+def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
+    return (kinds == KIND_ACTION).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(np.float32)
+
+
+# ---- optimizer state keyed by parameter name (the same layout FSDP's full optimizer state dict uses)
+
+def optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    names = [n for n, _ in model.named_parameters()]
+    sd = opt.state_dict()
+    return {"state": {names[i]: s for i, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
+
+
+def load_optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    ids = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    opt.load_state_dict({"state": {ids[n]: s for n, s in sd["state"].items()},
+                         "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in sd["param_groups"]]})
+
+
+def atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_shard_extras(data: Path, out: Path) -> None:
+    """Copy the token space, observation conventions and tokenizers next to the weights."""
+    for name in COPIED_FROM_SHARDS:
+        src, dst = data / name, out / name
+        if src.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        elif src.is_file():
+            atomic_write(dst, lambda t, s=src: shutil.copy2(s, t))
+
+
+def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
+    """The trained model (eval mode, fp32) and the checkpoint's config.json as a dict."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / "config.json").is_file() or not (ckpt_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint (needs config.json and model.safetensors); "
+                                "make one with robotok-train")
+    config = json.loads((ckpt_dir / "config.json").read_text())
+    model = Transformer(config_from_dict(config["model"]))
+    model.load_state_dict(load_file(ckpt_dir / "model.safetensors"))
+    return model.to(device).eval(), config
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        if cfg.fsdp and not self.distributed:
+            raise SystemExit("robotok-train: error: --fsdp needs a torchrun launch (torchrun --nproc-per-node=N ...)")
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if use_cuda and not torch.cuda.is_available():
+            raise SystemExit("robotok-train: error: --device cuda but no CUDA device; use --device cpu")
+        self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
+        if use_cuda:
+            torch.cuda.set_device(self.device)
+        if self.distributed:
+            dist.init_process_group("nccl" if use_cuda else "gloo")
+        self.amp_dtype = resolve_dtype(cfg.dtype, self.device)
+
+        if not (cfg.data / "meta.json").is_file():
+            raise SystemExit(f"robotok-train: error: --data {cfg.data} is not a shard directory (no meta.json); "
+                             "make one with robotok-pretokenize")
+        self.shards = TokenShards(cfg.data)
+        per = cfg.batch_size / (self.world * cfg.grad_accum)
+        if per != int(per):
+            raise SystemExit(f"robotok-train: error: --batch-size {cfg.batch_size} must divide into world size "
+                             f"{self.world} x --grad-accum {cfg.grad_accum}")
+        self.micro = int(per)
+        self.train_idx, self.val_idx = split_by_episode(self.shards.episodes, cfg.val_fraction, cfg.seed)
+        if len(self.train_idx) == 0:
+            raise SystemExit(f"robotok-train: error: {cfg.data} holds no training sequences")
+        self.val_idx = self.val_idx[:cfg.eval_sequences]
+
+        self.start_step, state = 0, None
+        self.model_cfg = preset(cfg.preset, vocab_size=self.shards.vocab_size,
+                                max_seq_len=max(PRESETS[cfg.preset].max_seq_len, self.shards.seq_len))
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        model = Transformer(self.model_cfg)
+        if cfg.resume:
+            model, state = self._load_resume(model)
+        self.n_params = model.num_params()
+        model.to(self.device)
+        if cfg.fsdp:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+
+            mesh = init_device_mesh(self.device.type, (self.world,))
+            for block in model.blocks:  # the wrap units
+                fully_shard(block, mesh=mesh)
+            fully_shard(model, mesh=mesh)
+        elif self.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
+        self.model = model
+        self.raw = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        decay = [p for p in model.parameters() if p.dim() >= 2]
+        no_decay = [p for p in model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                      {"params": no_decay, "weight_decay": 0.0}],
+                                     lr=cfg.lr, betas=(0.9, 0.95), fused=use_cuda or None)
+        if state is not None:
+            if cfg.fsdp:
+                dcp_sd.set_optimizer_state_dict(model, self.opt, state["optimizer"],
+                                                options=dcp_sd.StateDictOptions(full_state_dict=True))
+            else:
+                load_optim_state_by_name(self.raw, self.opt, state["optimizer"])
+            torch.set_rng_state(state["rng"]["torch"])
+
+    def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
+        out = self.cfg.out
+        if not (out / "train_state.pt").is_file():
+            raise SystemExit(f"robotok-train: error: --resume but {out} has no train_state.pt; drop --resume "
+                             "to start afresh")
+        state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+        config = json.loads((out / "config.json").read_text())
+        if config_from_dict(config["model"]) != self.model_cfg:
+            raise SystemExit(f"robotok-train: error: --resume: {out} holds a different model ({config['model']}); "
+                             "use the same --preset and --data")
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            if int(f.metadata()["step"]) != state["step"]:
+                raise SystemExit(f"robotok-train: error: {out}: weights and train_state.pt disagree on the step")
+        model.load_state_dict(load_file(out / "model.safetensors"))
+        self.start_step = state["step"]
+        return model, state
+
+    def _forward_loss(self, tokens: np.ndarray, kinds: np.ndarray, norm: float) -> tuple[torch.Tensor, dict]:
+        """Loss of a micro-batch normalised by ``norm`` (weight of the global batch / world), plus raw sums."""
+        t = torch.from_numpy(tokens).to(self.device)
+        w = torch.from_numpy(kind_weights(kinds[:, 1:], self.cfg.frame_loss_weight)).to(self.device)
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with amp:
+            logits, _ = self.model(t[:, :-1])
+        total = weighted_cross_entropy(logits, t[:, 1:], w, reduction="sum")
+        return total / norm, {"logits": logits, "targets": t[:, 1:], "weights": w}
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        x = torch.tensor(values, dtype=torch.float64, device=self.device)
+        if self.distributed:
+            dist.all_reduce(x)
+        return x.tolist()
+
+    def train_step(self, step: int) -> dict[str, float]:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 1009 + self.rank)  # dropout masks from (seed, step, rank)
+        lr = lr_at(step, cfg)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        rows = global_batch_indices(self.train_idx, cfg.batch_size, cfg.seed, step)
+        w_global = float(kind_weights(np.asarray(self.shards.kinds[rows])[:, 1:], cfg.frame_loss_weight).sum())
+        norm = max(w_global, 1e-8) / self.world  # DDP and FSDP average gradients over ranks: undo it
+        loss_sum = 0.0
+        for m in range(cfg.grad_accum):
+            start = (m * self.world + self.rank) * self.micro
+            tokens, kinds = self.shards.batch(rows[start:start + self.micro])
+            last = m == cfg.grad_accum - 1
+            if cfg.fsdp:
+                self.model.set_requires_gradient_sync(last)
+                sync = nullcontext()
+            else:
+                sync = self.model.no_sync() if self.distributed and not last else nullcontext()
+            with sync:
+                loss, _ = self._forward_loss(tokens, kinds, norm)
+                loss.backward()
+            loss_sum += loss.item()
+        gnorm = 0.0
+        if cfg.grad_clip > 0:
+            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            gnorm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return {"train/loss_local": loss_sum / self.world, "train/lr": lr, "train/grad_norm": gnorm}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Validation loss (training weights) and action-token accuracy (argmax == target), over all ranks."""
+        self.model.eval()
+        chunk = self.micro * self.world
+        sums = np.zeros(5)  # weighted ce, weight, action ce, action count, action correct
+        for b in range(math.ceil(len(self.val_idx) / chunk)):
+            rows = self.val_idx[b * chunk + self.rank * self.micro:][:self.micro]
+            valid = np.zeros(self.micro, dtype=np.float32)
+            valid[:len(rows)] = 1.0  # every rank runs the same number of forwards (FSDP needs it)
+            rows = np.concatenate([rows, np.full(self.micro - len(rows), self.val_idx[0])]).astype(np.int64)
+            tokens, kinds = self.shards.batch(rows)
+            _, o = self._forward_loss(tokens, kinds, 1.0)
+            logits, y = o["logits"].float(), o["targets"]
+            v = torch.from_numpy(valid).to(self.device)[:, None]
+            w = o["weights"] * v
+            is_act = torch.from_numpy(kinds[:, 1:] == KIND_ACTION).to(self.device) * v
+            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            sums += np.array([(ce * w).sum().item(), w.sum().item(), (ce * is_act).sum().item(),
+                              is_act.sum().item(), ((logits.argmax(-1) == y) * is_act).sum().item()])
+        s = self._all_sum(sums.tolist())
+        self.model.train()
+        return {"val/loss": s[0] / max(s[1], 1e-8), "val/action_loss": s[2] / max(s[3], 1e-8),
+                "val/action_acc": s[4] / max(s[3], 1e-8)}
+
+    def save(self, step: int) -> None:
+        cfg = self.cfg
+        if cfg.fsdp:
+            opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0
+            weights = dcp_sd.get_model_state_dict(self.model, options=opts)
+            optim = dcp_sd.get_optimizer_state_dict(self.model, self.opt, options=opts)
+        else:
+            weights = self.raw.state_dict()
+            optim = optim_state_by_name(self.raw, self.opt) if self.rank == 0 else None
+        if self.rank == 0:
+            weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
+            atomic_write(cfg.out / "model.safetensors",
+                         lambda t: save_file(weights, t, metadata={"step": str(step), "format": CKPT_FORMAT}))
+            state = {"step": step, "optimizer": optim, "rng": {"torch": torch.get_rng_state()},
+                     "sampler": {"seed": cfg.seed, "next_step": step, "global_batch": cfg.batch_size}}
+            atomic_write(cfg.out / "train_state.pt", lambda t: torch.save(state, t))
+            meta = {k: v for k, v in self.shards.meta.items() if k != "format"}
+            config = {"format": CKPT_FORMAT, "step": step, "n_params": self.n_params, "preset": cfg.preset,
+                      "model": asdict(self.model_cfg),
+                      "train": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                      "vocab": {"vocab_size": self.shards.vocab_size, "seq_len": self.shards.seq_len},
+                      "shards": meta}
+            atomic_write(cfg.out / "config.json", lambda t: Path(t).write_text(json.dumps(config, indent=2)))
+        if self.distributed:
+            dist.barrier()
+
+    def run(self) -> None:
+        cfg, rank0 = self.cfg, self.rank == 0
+        stop = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
+        if rank0:
+            cfg.out.mkdir(parents=True, exist_ok=True)
+            copy_shard_extras(cfg.data, cfg.out)
+            log_path = cfg.out / "log.jsonl"
+            kept = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= self.start_step] \
+                if cfg.resume and log_path.is_file() else []  # drop records past the checkpoint we resume from
+            log = open(log_path, "w")
+            log.writelines(r + "\n" for r in kept)
+            tb = _tensorboard(cfg.out)
+            from tqdm import tqdm
+
+            print(f"robotok-train: {cfg.preset} {self.n_params / 1e6:.2f}M params, world {self.world}, "
+                  f"{'fsdp' if cfg.fsdp else 'ddp' if self.distributed else 'single'}, device {self.device}, "
+                  f"dtype {self.amp_dtype or torch.float32}, {len(self.train_idx)} train / {len(self.val_idx)} val "
+                  f"sequences", flush=True)
+            bar = tqdm(total=stop, initial=self.start_step, desc="robotok-train", dynamic_ncols=True)
+        tokens_per_step = cfg.batch_size * (self.shards.seq_len - 1)
+        self.model.train()
+        busy, done_since = 0.0, 0  # seconds in train_step (not eval or saving) since the last log
+        for step in range(self.start_step, stop):
+            t0 = time.perf_counter()
+            metrics = self.train_step(step)
+            busy, done_since = busy + time.perf_counter() - t0, done_since + 1
+            n = step + 1
+            record: dict[str, float] = {}
+            if n % cfg.log_every == 0 or n == stop:
+                (loss,) = self._all_sum([metrics.pop("train/loss_local")])
+                tps = tokens_per_step * done_since / busy
+                record.update({"train/loss": loss, **metrics, "train/tokens_per_s": tps})
+                busy, done_since = 0.0, 0
+            if len(self.val_idx) and (n % cfg.eval_every == 0 or n == stop):
+                record.update(self.evaluate())
+            if n % cfg.ckpt_every == 0 or n == stop:
+                self.save(n)
+            if rank0:
+                bar.update(1)
+                if record:
+                    short = {"train/loss": "loss", "val/loss": "val_loss", "val/action_acc": "val_acc"}
+                    bar.set_postfix({short[k]: f"{v:.4g}" for k, v in record.items() if k in short})
+                    log.write(json.dumps({"step": n, **record}) + "\n")
+                    log.flush()
+                    if tb is not None:
+                        for k, v in record.items():
+                            tb.add_scalar(k, v, n)
+        if rank0:
+            bar.close()
+            log.close()
+            if tb is not None:
+                tb.close()
+        if self.distributed:
+            dist.destroy_process_group()
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run training as configured; returns the checkpoint directory."""
+    Trainer(cfg).run()
+    return cfg.out
+
+
+def main() -> None:
+    import tyro
+
+    train(tyro.cli(TrainConfig))
+
+
+if __name__ == "__main__":
+    main()

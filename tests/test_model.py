@@ -1,0 +1,112 @@
+"""The policy transformer: cached decoding equals the full forward, causality, the weighted loss, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robotok.policy.model import PRESETS, Block, ModelConfig, Transformer, preset, weighted_cross_entropy
+
+
+@pytest.fixture(scope="module")
+def model() -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(preset("tiny", vocab_size=300, max_seq_len=128)).eval()
+
+
+@torch.no_grad()
+def test_kv_cache_matches_full_forward(model):
+    idx = torch.randint(0, 300, (2, 60), generator=torch.Generator().manual_seed(1))
+    full, _ = model(idx)
+    cache = model.new_cache(2, 96)
+    parts = [model.forward_cached(idx[:, :40], cache)]  # prefill
+    parts += [model.forward_cached(idx[:, t:t + 1], cache) for t in range(40, 60)]  # token by token
+    assert cache.pos == 60
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_pure_forward_kv_matches_and_leaves_inputs_alone(model):
+    cfg = model.cfg
+    idx = torch.randint(0, 300, (1, 30), generator=torch.Generator().manual_seed(2))
+    full, _ = model(idx)
+    k = torch.zeros(cfg.n_layer, 1, cfg.n_head, 64, cfg.head_dim)
+    v = torch.zeros_like(k)
+    logits_a, k1, v1 = model.forward_kv(idx[:, :25], torch.tensor(0), k, v)
+    assert k.abs().sum() == 0 and v.abs().sum() == 0, "forward_kv must not write into its inputs"
+    outs = [logits_a]
+    for t in range(25, 30):
+        logits_t, k1, v1 = model.forward_kv(idx[:, t:t + 1], torch.tensor(t), k1, v1)
+        outs.append(logits_t)
+    torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_truncated_cache_reuses_a_prefix(model):
+    """Rewinding the cache to a shared prefix and decoding another continuation equals a fresh forward."""
+    g = torch.Generator().manual_seed(3)
+    prefix, a, b = (torch.randint(0, 300, (1, n), generator=g) for n in (20, 8, 8))
+    cache = model.new_cache(1, 64)
+    model.forward_cached(prefix, cache)
+    model.forward_cached(a, cache)
+    cache.truncate(20)
+    got = model.forward_cached(b, cache)
+    want, _ = model(torch.cat([prefix, b], 1))
+    torch.testing.assert_close(got, want[:, 20:], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="cache full"):
+        model.forward_cached(torch.zeros(1, 64, dtype=torch.long), cache)
+
+
+@torch.no_grad()
+def test_causal_future_tokens_do_not_change_past_logits(model):
+    idx = torch.randint(0, 300, (1, 50), generator=torch.Generator().manual_seed(4))
+    changed = idx.clone()
+    changed[0, 30:] = (changed[0, 30:] + 7) % 300
+    la, _ = model(idx)
+    lb, _ = model(changed)
+    torch.testing.assert_close(la[:, :30], lb[:, :30], atol=1e-6, rtol=0)
+    assert (la[:, 30:] - lb[:, 30:]).abs().max() > 1e-3
+
+
+def test_weighted_loss_is_mean_over_weighted_positions_only():
+    g = torch.Generator().manual_seed(5)
+    logits = torch.randn(2, 6, 11, generator=g)
+    targets = torch.randint(0, 11, (2, 6), generator=g)
+    weights = torch.tensor([[0, 0, 1, 1, 0.5, 0], [1, 0, 0, 0, 0, 2]], dtype=torch.float32)
+    ce = F.cross_entropy(logits.reshape(-1, 11), targets.reshape(-1), reduction="none").reshape(2, 6)
+    want = (ce * weights).sum() / weights.sum()
+    torch.testing.assert_close(weighted_cross_entropy(logits, targets, weights), want)
+    torch.testing.assert_close(weighted_cross_entropy(logits, targets, weights, "sum"), (ce * weights).sum())
+    other = targets.clone()
+    other[weights == 0] = (other[weights == 0] + 1) % 11  # targets at ignored positions do not matter
+    torch.testing.assert_close(weighted_cross_entropy(logits, other, weights), want)
+
+
+def test_forward_loss_uses_weights():
+    torch.manual_seed(0)
+    m = Transformer(preset("micro", vocab_size=50))
+    idx = torch.randint(0, 50, (2, 16))
+    w = torch.zeros(2, 16)
+    w[:, 10:] = 1.0
+    logits, loss = m(idx, idx, w)
+    assert logits.shape == (2, 16, 50)
+    torch.testing.assert_close(loss, weighted_cross_entropy(logits, idx, w))
+
+
+def test_presets_sizes_and_wrap_units():
+    sizes = {}
+    for name, cfg in PRESETS.items():
+        with torch.device("meta"):
+            m = Transformer(cfg)
+        sizes[name] = m.num_params()
+        assert len(m.blocks) == cfg.n_layer and all(isinstance(b, Block) for b in m.blocks)
+    assert 3.0e6 <= sizes["tiny"] <= 4.0e6, sizes  # the CPU demo model (~3.75M)
+    assert sizes["micro"] < sizes["tiny"] < sizes["small"] < sizes["base"] < sizes["large"]
+    names = {n for n, _ in Transformer(preset("micro", vocab_size=10)).state_dict().items()}
+    assert "tok_emb.weight" in names and not any("lm_head" in n for n in names), "embeddings are tied"
+
+
+def test_config_rejects_bad_heads():
+    with pytest.raises(ValueError, match="n_head"):
+        ModelConfig(d_model=100, n_head=3)

@@ -1,0 +1,173 @@
+"""robotok-train: fitting, exact resume, checkpoints that describe themselves, data order, and distributed parity."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robotok.policy.model import weighted_cross_entropy
+from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards, write_shards
+from robotok.policy.train import (
+    TrainConfig,
+    global_batch_indices,
+    kind_weights,
+    load_checkpoint,
+    lr_at,
+    split_by_episode,
+    train,
+)
+
+V = 40
+
+
+def make_shards(root: Path, n: int = 32, length: int = 32, extras: bool = False) -> Path:
+    """Sequences of random context whose action segment copies an earlier span; 2 sequences per episode."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, V, size=(n, length))
+    tokens[:, 0] = 1
+    tokens[:, 20:] = tokens[:, 4:4 + length - 20]
+    kinds = np.zeros((n, length), np.uint8)
+    kinds[:, 8:16] = KIND_FRAME
+    kinds[:, 20:] = KIND_ACTION
+    episodes = np.stack([np.arange(n) // 2, np.arange(n) % 2], 1)
+    extra = {}
+    if extras:
+        (root / "src" / "action").mkdir(parents=True)
+        (root / "src" / "action" / "tok.json").write_text('{"kind": "binning"}')
+        (root / "space.json").write_text('{"vocab_size": 40}')
+        extra = {"tokenizers": root / "src", "token_space.json": root / "space.json",
+                 "policy.json": root / "space.json"}
+    return write_shards(root / "shards", tokens, kinds, episodes, {"vocab_size": V}, extra_files=extra)
+
+
+def cfg_for(data: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data=data, out=out, preset="micro", steps=6, batch_size=8, lr=5e-4, warmup_steps=2, dtype="fp32",
+                eval_every=3, log_every=1, ckpt_every=100)
+    return TrainConfig(**{**base, **kw})
+
+
+def weights_of(out: Path) -> dict[str, torch.Tensor]:
+    return load_file(out / "model.safetensors")
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def test_tiny_model_fits_a_small_corpus_and_reports_val_accuracy(tmp_path):
+    data = make_shards(tmp_path)
+    out = train(cfg_for(data, tmp_path / "ck", steps=200, batch_size=16, lr=3e-3, warmup_steps=10, val_fraction=0.25,
+                        eval_every=200, log_every=10, frame_loss_weight=0.0))
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["train/loss"] > 2.0 and log[-1]["train/loss"] < 0.05, [r["train/loss"] for r in log]
+    # val/action_acc equals argmax accuracy at action positions of the held-out episodes, recomputed here
+    model, config = load_checkpoint(out)
+    shards = TokenShards(data)
+    _, val = split_by_episode(shards.episodes, 0.25, seed=0)
+    tokens, kinds = shards.batch(val)
+    t = torch.from_numpy(tokens)
+    with torch.no_grad():
+        logits, _ = model(t[:, :-1])
+    act = torch.from_numpy(kinds[:, 1:] == KIND_ACTION)
+    acc = ((logits.argmax(-1) == t[:, 1:]) & act).sum().item() / act.sum().item()
+    assert log[-1]["val/action_acc"] == pytest.approx(acc, abs=1e-9)
+    w = torch.from_numpy(kind_weights(kinds[:, 1:], 0.0))
+    assert log[-1]["val/loss"] == pytest.approx(weighted_cross_entropy(logits, t[:, 1:], w).item(), rel=1e-5)
+    assert config["step"] == 200 and config["model"]["vocab_size"] == V
+
+
+def test_resume_continues_exactly(tmp_path):
+    data = make_shards(tmp_path)
+    full = train(cfg_for(data, tmp_path / "full", grad_accum=2))
+    part = train(cfg_for(data, tmp_path / "part", grad_accum=2, stop_at=3))
+    assert json.loads((part / "config.json").read_text())["step"] == 3
+    assert max_diff(weights_of(full), weights_of(part)) > 1e-4  # not there yet
+    train(cfg_for(data, tmp_path / "part", grad_accum=2, resume=True))
+    assert max_diff(weights_of(full), weights_of(part)) == 0.0
+    steps = [json.loads(line)["step"] for line in (part / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_checkpoint_describes_itself(tmp_path):
+    data = make_shards(tmp_path, extras=True)
+    out = train(cfg_for(data, tmp_path / "ck", steps=2, frame_loss_weight=0.5))
+    assert (out / "tokenizers" / "action" / "tok.json").read_text() == '{"kind": "binning"}'
+    assert json.loads((out / "token_space.json").read_text()) == {"vocab_size": 40}
+    assert (out / "policy.json").is_file() and (out / "train_state.pt").is_file()
+    config = json.loads((out / "config.json").read_text())
+    assert config["train"]["frame_loss_weight"] == 0.5 and config["vocab"] == {"vocab_size": V, "seq_len": 32}
+    model, _ = load_checkpoint(out)
+    torch.testing.assert_close(model.state_dict(), weights_of(out))
+
+
+def test_split_is_by_episode_and_sampler_walks_epochs():
+    episodes = np.stack([np.repeat(np.arange(10), 3), np.tile(np.arange(3), 10)], 1)
+    train_idx, val_idx = split_by_episode(episodes, 0.2, seed=1)
+    assert len(val_idx) == 6 and len(train_idx) == 24
+    assert not set(episodes[train_idx, 0]) & set(episodes[val_idx, 0])
+    first_epoch = np.concatenate([global_batch_indices(train_idx, 8, 0, s) for s in range(3)])
+    assert sorted(first_epoch) == sorted(train_idx)  # 3 steps x 8 = one pass over 24 sequences
+    np.testing.assert_array_equal(global_batch_indices(train_idx, 8, 0, 5), global_batch_indices(train_idx, 8, 0, 5))
+    assert not np.array_equal(global_batch_indices(train_idx, 8, 0, 3), global_batch_indices(train_idx, 8, 0, 0))
+
+
+def test_schedule_and_weights():
+    cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
+    assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
+    assert lr_at(100, cfg) == pytest.approx(1e-4) and lr_at(55, cfg) == pytest.approx(5.5e-4)
+    kinds = np.array([[0, 1, 2, 1]], np.uint8)
+    np.testing.assert_array_equal(kind_weights(kinds, 0.25), [[0, 1, 0.25, 1]])
+
+
+def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    launcher = [sys.executable]
+    if nproc:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    return subprocess.run([*launcher, "-m", "robotok.policy.train", *args], capture_output=True, text=True,
+                          env=env, timeout=300)
+
+
+def test_bad_args_give_one_line_errors(tmp_path):
+    r = run_cli(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "ck")])
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("robotok-train: error: --data"), r.stderr
+    data = make_shards(tmp_path)
+    r = run_cli(["--data", str(data), "--out", str(tmp_path / "ck"), "--resume"])
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--resume" in r.stderr.strip().splitlines()[-1]
+    with pytest.raises(ValueError, match="val_fraction"):
+        TrainConfig(val_fraction=1.5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one(tmp_path, mode):
+    """2 ranks x 4 sequences = 1 process x 8: the same parameters (Adam amplifies summation-order noise a little).
+
+    The 2-process run is also interrupted at step 3 and resumed, which must not change anything either.
+    """
+    data = make_shards(tmp_path)
+    one = train(cfg_for(data, tmp_path / "one"))
+    same_split = train(cfg_for(data, tmp_path / "accum", grad_accum=2))  # the same per-rank split, one process
+    args = ["--data", str(data), "--out", str(tmp_path / mode), "--preset", "micro", "--steps", "6", "--batch-size",
+            "8", "--lr", "5e-4", "--warmup-steps", "2", "--dtype", "fp32", "--eval-every", "3", "--log-every", "1"]
+    args += ["--fsdp"] if mode == "fsdp" else []
+    for extra in (["--stop-at", "3"], ["--resume"]):
+        r = run_cli(args + extra, nproc=2)
+        assert r.returncode == 0, r.stderr[-3000:]
+    dist_w = weights_of(tmp_path / mode)
+    assert max_diff(weights_of(one), dist_w) < 1e-5
+    assert max_diff(weights_of(same_split), dist_w) < 1e-6
+    log = lambda d: [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert log(tmp_path / mode)[-1]["val/loss"] == pytest.approx(log(one)[-1]["val/loss"], rel=1e-5)
