@@ -75,7 +75,7 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, ckpt_dir: str | Path, device: str = "cpu", **kwargs: Any) -> Policy:
         """Open a checkpoint directory written by robotok-train (``kwargs`` go to the constructor)."""
-        from robotok.policy.train import load_checkpoint
+        from robotok.policy.checkpoint import load_checkpoint
         from robotok.tokenizers.action import load_action_tokenizer
         from robotok.tokenizers.video import VideoTokenizer
 

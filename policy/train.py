@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -33,11 +31,16 @@ import torch.distributed.checkpoint.state_dict as dcp_sd
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from robotok.policy.checkpoint import (
+    CKPT_FORMAT,
+    atomic_write,
+    copy_shard_extras,
+    load_checkpoint,  # noqa: F401  (re-exported: robotok.policy.train.load_checkpoint)
+    load_optim_state_by_name,
+    optim_state_by_name,
+)
 from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards
-
-CKPT_FORMAT = "robotok-checkpoint-v1"
-COPIED_FROM_SHARDS = ("token_space.json", "policy.json", "tokenizers")
 
 
 @dataclass
@@ -97,11 +100,15 @@ class TrainConfig:
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction {self.val_fraction} must be in [0, 1)")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
-                             f" min_lr_ratio {self.min_lr_ratio} out of range")
+            raise ValueError(
+                f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
+                f" min_lr_ratio {self.min_lr_ratio} out of range"
+            )
         if min(self.eval_every, self.ckpt_every, self.log_every) < 1 or self.stop_at < 0:
-            raise ValueError(f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
-                             f" must be >= 1 and stop_at {self.stop_at} >= 0")
+            raise ValueError(
+                f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
+                f" must be >= 1 and stop_at {self.stop_at} >= 0"
+            )
 
 
 def cpu_has_amx_bf16() -> bool:
@@ -165,58 +172,6 @@ def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
     return (kinds == KIND_ACTION).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(np.float32)
 
 
-# ---- optimizer state keyed by parameter name (the same layout FSDP's full optimizer state dict uses)
-
-def optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    names = [n for n, _ in model.named_parameters()]
-    sd = opt.state_dict()
-    return {"state": {names[i]: s for i, s in sd["state"].items()},
-            "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]]}
-
-
-def load_optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
-    ids = {n: i for i, (n, _) in enumerate(model.named_parameters())}
-    opt.load_state_dict({"state": {ids[n]: s for n, s in sd["state"].items()},
-                         "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in sd["param_groups"]]})
-
-
-def atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def copy_shard_extras(data: Path, out: Path) -> None:
-    """Copy the token space, observation conventions and tokenizers next to the weights."""
-    for name in COPIED_FROM_SHARDS:
-        src, dst = data / name, out / name
-        if src.is_dir():
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
-            shutil.copytree(src, tmp, dirs_exist_ok=True)
-            if dst.exists():
-                shutil.rmtree(dst)
-            os.replace(tmp, dst)
-        elif src.is_file():
-            atomic_write(dst, lambda t, s=src: shutil.copy2(s, t))
-
-
-def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
-    """The trained model (eval mode, fp32) and the checkpoint's config.json as a dict."""
-    ckpt_dir = Path(ckpt_dir)
-    if not (ckpt_dir / "config.json").is_file() or not (ckpt_dir / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{ckpt_dir} is not a checkpoint (needs config.json and model.safetensors); "
-                                "make one with robotok-train")
-    config = json.loads((ckpt_dir / "config.json").read_text())
-    model = Transformer(config_from_dict(config["model"]))
-    model.load_state_dict(load_file(ckpt_dir / "model.safetensors"))
-    return model.to(device).eval(), config
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
@@ -237,22 +192,29 @@ class Trainer:
         self.amp_dtype = resolve_dtype(cfg.dtype, self.device)
 
         if not (cfg.data / "meta.json").is_file():
-            raise SystemExit(f"robotok-train: error: --data {cfg.data} is not a shard directory (no meta.json); "
-                             "make one with robotok-pretokenize")
+            raise SystemExit(
+                f"robotok-train: error: --data {cfg.data} is not a shard directory (no meta.json); "
+                "make one with robotok-pretokenize"
+            )
         self.shards = TokenShards(cfg.data)
         per = cfg.batch_size / (self.world * cfg.grad_accum)
         if per != int(per):
-            raise SystemExit(f"robotok-train: error: --batch-size {cfg.batch_size} must divide into world size "
-                             f"{self.world} x --grad-accum {cfg.grad_accum}")
+            raise SystemExit(
+                f"robotok-train: error: --batch-size {cfg.batch_size} must divide into world size "
+                f"{self.world} x --grad-accum {cfg.grad_accum}"
+            )
         self.micro = int(per)
         self.train_idx, self.val_idx = split_by_episode(self.shards.episodes, cfg.val_fraction, cfg.seed)
         if len(self.train_idx) == 0:
             raise SystemExit(f"robotok-train: error: {cfg.data} holds no training sequences")
-        self.val_idx = self.val_idx[:cfg.eval_sequences]
+        self.val_idx = self.val_idx[: cfg.eval_sequences]
 
         self.start_step, state = 0, None
-        self.model_cfg = preset(cfg.preset, vocab_size=self.shards.vocab_size,
-                                max_seq_len=max(PRESETS[cfg.preset].max_seq_len, self.shards.seq_len))
+        self.model_cfg = preset(
+            cfg.preset,
+            vocab_size=self.shards.vocab_size,
+            max_seq_len=max(PRESETS[cfg.preset].max_seq_len, self.shards.seq_len),
+        )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)
         if cfg.resume:
@@ -275,13 +237,17 @@ class Trainer:
         self.raw = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}],
-                                     lr=cfg.lr, betas=(0.9, 0.95), fused=use_cuda or None)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+            fused=use_cuda or None,
+        )
         if state is not None:
             if cfg.fsdp:
-                dcp_sd.set_optimizer_state_dict(model, self.opt, state["optimizer"],
-                                                options=dcp_sd.StateDictOptions(full_state_dict=True))
+                dcp_sd.set_optimizer_state_dict(
+                    model, self.opt, state["optimizer"], options=dcp_sd.StateDictOptions(full_state_dict=True)
+                )
             else:
                 load_optim_state_by_name(self.raw, self.opt, state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
@@ -289,13 +255,16 @@ class Trainer:
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
         out = self.cfg.out
         if not (out / "train_state.pt").is_file():
-            raise SystemExit(f"robotok-train: error: --resume but {out} has no train_state.pt; drop --resume "
-                             "to start afresh")
+            raise SystemExit(
+                f"robotok-train: error: --resume but {out} has no train_state.pt; drop --resume to start afresh"
+            )
         state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
         config = json.loads((out / "config.json").read_text())
         if config_from_dict(config["model"]) != self.model_cfg:
-            raise SystemExit(f"robotok-train: error: --resume: {out} holds a different model ({config['model']}); "
-                             "use the same --preset and --data")
+            raise SystemExit(
+                f"robotok-train: error: --resume: {out} holds a different model ({config['model']}); "
+                "use the same --preset and --data"
+            )
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             if int(f.metadata()["step"]) != state["step"]:
                 raise SystemExit(f"robotok-train: error: {out}: weights and train_state.pt disagree on the step")
@@ -331,7 +300,7 @@ class Trainer:
         loss_sum = 0.0
         for m in range(cfg.grad_accum):
             start = (m * self.world + self.rank) * self.micro
-            tokens, kinds = self.shards.batch(rows[start:start + self.micro])
+            tokens, kinds = self.shards.batch(rows[start : start + self.micro])
             last = m == cfg.grad_accum - 1
             if cfg.fsdp:
                 self.model.set_requires_gradient_sync(last)
@@ -357,9 +326,9 @@ class Trainer:
         chunk = self.micro * self.world
         sums = np.zeros(5)  # weighted ce, weight, action ce, action count, action correct
         for b in range(math.ceil(len(self.val_idx) / chunk)):
-            rows = self.val_idx[b * chunk + self.rank * self.micro:][:self.micro]
+            rows = self.val_idx[b * chunk + self.rank * self.micro :][: self.micro]
             valid = np.zeros(self.micro, dtype=np.float32)
-            valid[:len(rows)] = 1.0  # every rank runs the same number of forwards (FSDP needs it)
+            valid[: len(rows)] = 1.0  # every rank runs the same number of forwards (FSDP needs it)
             rows = np.concatenate([rows, np.full(self.micro - len(rows), self.val_idx[0])]).astype(np.int64)
             tokens, kinds = self.shards.batch(rows)
             _, o = self._forward_loss(tokens, kinds, 1.0)
@@ -368,12 +337,22 @@ class Trainer:
             w = o["weights"] * v
             is_act = torch.from_numpy(kinds[:, 1:] == KIND_ACTION).to(self.device) * v
             ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
-            sums += np.array([(ce * w).sum().item(), w.sum().item(), (ce * is_act).sum().item(),
-                              is_act.sum().item(), ((logits.argmax(-1) == y) * is_act).sum().item()])
+            sums += np.array(
+                [
+                    (ce * w).sum().item(),
+                    w.sum().item(),
+                    (ce * is_act).sum().item(),
+                    is_act.sum().item(),
+                    ((logits.argmax(-1) == y) * is_act).sum().item(),
+                ]
+            )
         s = self._all_sum(sums.tolist())
         self.model.train()
-        return {"val/loss": s[0] / max(s[1], 1e-8), "val/action_loss": s[2] / max(s[3], 1e-8),
-                "val/action_acc": s[4] / max(s[3], 1e-8)}
+        return {
+            "val/loss": s[0] / max(s[1], 1e-8),
+            "val/action_loss": s[2] / max(s[3], 1e-8),
+            "val/action_acc": s[4] / max(s[3], 1e-8),
+        }
 
     def save(self, step: int) -> None:
         cfg = self.cfg
@@ -386,17 +365,28 @@ class Trainer:
             optim = optim_state_by_name(self.raw, self.opt) if self.rank == 0 else None
         if self.rank == 0:
             weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
-            atomic_write(cfg.out / "model.safetensors",
-                         lambda t: save_file(weights, t, metadata={"step": str(step), "format": CKPT_FORMAT}))
-            state = {"step": step, "optimizer": optim, "rng": {"torch": torch.get_rng_state()},
-                     "sampler": {"seed": cfg.seed, "next_step": step, "global_batch": cfg.batch_size}}
+            atomic_write(
+                cfg.out / "model.safetensors",
+                lambda t: save_file(weights, t, metadata={"step": str(step), "format": CKPT_FORMAT}),
+            )
+            state = {
+                "step": step,
+                "optimizer": optim,
+                "rng": {"torch": torch.get_rng_state()},
+                "sampler": {"seed": cfg.seed, "next_step": step, "global_batch": cfg.batch_size},
+            }
             atomic_write(cfg.out / "train_state.pt", lambda t: torch.save(state, t))
             meta = {k: v for k, v in self.shards.meta.items() if k != "format"}
-            config = {"format": CKPT_FORMAT, "step": step, "n_params": self.n_params, "preset": cfg.preset,
-                      "model": asdict(self.model_cfg),
-                      "train": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
-                      "vocab": {"vocab_size": self.shards.vocab_size, "seq_len": self.shards.seq_len},
-                      "shards": meta}
+            config = {
+                "format": CKPT_FORMAT,
+                "step": step,
+                "n_params": self.n_params,
+                "preset": cfg.preset,
+                "model": asdict(self.model_cfg),
+                "train": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(cfg).items()},
+                "vocab": {"vocab_size": self.shards.vocab_size, "seq_len": self.shards.seq_len},
+                "shards": meta,
+            }
             atomic_write(cfg.out / "config.json", lambda t: Path(t).write_text(json.dumps(config, indent=2)))
         if self.distributed:
             dist.barrier()
@@ -408,17 +398,23 @@ class Trainer:
             cfg.out.mkdir(parents=True, exist_ok=True)
             copy_shard_extras(cfg.data, cfg.out)
             log_path = cfg.out / "log.jsonl"
-            kept = [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= self.start_step] \
-                if cfg.resume and log_path.is_file() else []  # drop records past the checkpoint we resume from
+            kept = (
+                [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= self.start_step]
+                if cfg.resume and log_path.is_file()
+                else []
+            )  # drop records past the checkpoint we resume from
             log = open(log_path, "w")
             log.writelines(r + "\n" for r in kept)
             tb = _tensorboard(cfg.out)
             from tqdm import tqdm
 
-            print(f"robotok-train: {cfg.preset} {self.n_params / 1e6:.2f}M params, world {self.world}, "
-                  f"{'fsdp' if cfg.fsdp else 'ddp' if self.distributed else 'single'}, device {self.device}, "
-                  f"dtype {self.amp_dtype or torch.float32}, {len(self.train_idx)} train / {len(self.val_idx)} val "
-                  f"sequences", flush=True)
+            print(
+                f"robotok-train: {cfg.preset} {self.n_params / 1e6:.2f}M params, world {self.world}, "
+                f"{'fsdp' if cfg.fsdp else 'ddp' if self.distributed else 'single'}, device {self.device}, "
+                f"dtype {self.amp_dtype or torch.float32}, {len(self.train_idx)} train / {len(self.val_idx)} val "
+                f"sequences",
+                flush=True,
+            )
             bar = tqdm(total=stop, initial=self.start_step, desc="robotok-train", dynamic_ncols=True)
         tokens_per_step = cfg.batch_size * (self.shards.seq_len - 1)
         self.model.train()

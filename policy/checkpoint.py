@@ -1,0 +1,83 @@
+"""Checkpoint directories: what a trained policy is on disk, and how any consumer opens it by path alone.
+
+A checkpoint directory holds ``config.json`` (model config, train config, vocabulary), ``model.safetensors``
+(the unwrapped model), ``train_state.pt`` (optimizer/scheduler/RNG, for ``--resume``), and, copied from
+the shard directory it was trained on, ``token_space.json``, ``policy.json`` and ``tokenizers/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+from robotok.policy.model import Transformer, config_from_dict
+
+CKPT_FORMAT = "robotok-checkpoint-v1"
+COPIED_FROM_SHARDS = ("token_space.json", "policy.json", "tokenizers")
+
+
+# ---- optimizer state keyed by parameter name (the same layout FSDP's full optimizer state dict uses)
+
+
+def optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, Any]:
+    names = [n for n, _ in model.named_parameters()]
+    sd = opt.state_dict()
+    return {
+        "state": {names[i]: s for i, s in sd["state"].items()},
+        "param_groups": [{**g, "params": [names[i] for i in g["params"]]} for g in sd["param_groups"]],
+    }
+
+
+def load_optim_state_by_name(model: torch.nn.Module, opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+    ids = {n: i for i, (n, _) in enumerate(model.named_parameters())}
+    opt.load_state_dict(
+        {
+            "state": {ids[n]: s for n, s in sd["state"].items()},
+            "param_groups": [{**g, "params": [ids[n] for n in g["params"]]} for g in sd["param_groups"]],
+        }
+    )
+
+
+def atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def copy_shard_extras(data: Path, out: Path) -> None:
+    """Copy the token space, observation conventions and tokenizers next to the weights."""
+    for name in COPIED_FROM_SHARDS:
+        src, dst = data / name, out / name
+        if src.is_dir():
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=out))
+            shutil.copytree(src, tmp, dirs_exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            os.replace(tmp, dst)
+        elif src.is_file():
+            atomic_write(dst, lambda t, s=src: shutil.copy2(s, t))
+
+
+def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:
+    """The trained model (eval mode, fp32) and the checkpoint's config.json as a dict."""
+    ckpt_dir = Path(ckpt_dir)
+    if not (ckpt_dir / "config.json").is_file() or not (ckpt_dir / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{ckpt_dir} is not a checkpoint (needs config.json and model.safetensors); make one with robotok-train"
+        )
+    config = json.loads((ckpt_dir / "config.json").read_text())
+    model = Transformer(config_from_dict(config["model"]))
+    model.load_state_dict(load_file(ckpt_dir / "model.safetensors"))
+    return model.to(device).eval(), config
