@@ -1,0 +1,218 @@
+"""Imagination: the policy's own transformer rolled out as a world model, with no simulator in the loop.
+
+A checkpoint trained on shards made with ``robotok-pretokenize --frame-loss`` and ``robotok-train
+--frame-loss-weight W`` has learned, after every action chunk, the video ids of the frame that follows it
+(``n_action_steps`` later; see the grammar in ``robotok.tokenizers.space``)::
+
+    BOS prompt SEP {FRAME_OPEN video FRAME_CLOSE STATE_OPEN state STATE_CLOSE} ACT_OPEN actions ACT_CLOSE
+    FRAME_OPEN video' FRAME_CLOSE
+
+Imagining alternates the two: from one real observation, generate an action chunk, then the next frame's
+ids; that imagined frame becomes the newest context frame, and so on (as GR-1, Genie and GAIA-1 do at
+scale). Both halves are grammar-constrained: action positions admit only the embodiment's action ids (or
+ACT_CLOSE where allowed), frame positions only video ids, exactly ``cameras x tokens_per_frame`` of them.
+
+Conventions:
+- The model predicts frames, not proprioception. After the real first observation the state in the
+  context is therefore the last real state held (pure imagination), unless the caller tells one with
+  :meth:`Imagination.set_state` (e.g. the simulator's, as a diagnostic).
+- Imagined frames exist every ``n_action_steps`` env steps. A history step that falls in between uses the
+  latest frame imagined before it (exact when ``history == 1`` or ``history_stride`` is a multiple of
+  ``n_action_steps``).
+- Generation reuses the public pieces of :class:`robotok.policy.inference.Policy` (model, token space,
+  tokenizers, sampling settings) with a KV cache of its own: the prompt prefix is computed once per
+  rollout, each chunk moves the cache back to its end and prefills the frame/state ids only.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from robotok.policy.inference import Policy
+from robotok.tokenizers.space import ACT_CLOSE, FRAME_OPEN, SEP, history_indices
+
+
+def check_frame_loss(ckpt_dir: str | Path) -> None:
+    """Raise ValueError unless the checkpoint was trained with the next-frame (world-model) loss."""
+    ckpt_dir = Path(ckpt_dir)
+    policy = json.loads((ckpt_dir / "policy.json").read_text())
+    if not policy.get("frame_loss", False):
+        raise ValueError(f"{ckpt_dir} was trained on shards without next-frame targets (policy.json frame_loss is "
+                         "false): it cannot imagine frames; pretokenize with --frame-loss and train again")
+    weight = json.loads((ckpt_dir / "config.json").read_text()).get("train", {}).get("frame_loss_weight", 0.0)
+    if not weight or float(weight) <= 0:
+        raise ValueError(f"{ckpt_dir} was trained with frame_loss_weight {weight}: its frame tokens carried no "
+                         "loss, so it never learned to predict them; train with --frame-loss-weight W (e.g. 0.5)")
+
+
+def pick(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
+         generator: torch.Generator | None = None) -> int:
+    """One id from logits[V] restricted to mask[V] (bool): argmax, or a temperature/top-k sample."""
+    logits = logits.float().masked_fill(~mask, float("-inf"))
+    if temperature <= 0:
+        return int(logits.argmax())
+    logits = logits / temperature
+    if top_k:
+        kth = torch.topk(logits, min(top_k, int(mask.sum()))).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+
+
+@dataclass
+class ImaginedChunk:
+    """One imagined step: the action chunk generated, then the frame the model expects after it."""
+
+    actions: np.ndarray  # float32 [H, A]: the decoded chunk (the hold action where decoding failed)
+    codes: list[np.ndarray]  # per camera int64 [h, w]: the imagined frame's video codes
+    action_ids: list[int]  # token ids of the chunk, ACT_CLOSE excluded
+    video_ids: list[int]  # token ids of the frame, all cameras in order, FRAME_OPEN/CLOSE excluded
+    tokens: list[int]  # the whole sequence this step generated from: context + actions + ACT_CLOSE + frame
+    decode_ok: bool  # False when the action tokenizer flagged the chunk and it was replaced by the hold
+
+
+class WorldModel:
+    """A frame-loss checkpoint as an action-and-frame generator; :meth:`start` opens a rollout."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+        self.space, self.model = policy.space, policy.model
+        self.grid = tuple(policy.video_tokenizer.grid)  # (h, w) of one camera's code grid
+        self.n_action_steps = policy.n_action_steps
+        vocab = self.model.cfg.vocab_size
+        video = np.zeros(vocab, dtype=bool)
+        video[: self.space.vocab_size] = self.space.range_mask("video")
+        self.video_mask = torch.from_numpy(video).to(policy.device)
+        self._action_masks: dict[tuple[int, int], torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, ckpt_dir: str | Path, device: str = "cpu", **kwargs: Any) -> WorldModel:
+        """Open a checkpoint trained with the next-frame loss (ValueError otherwise); kwargs go to Policy."""
+        check_frame_loss(ckpt_dir)
+        return cls(Policy.from_checkpoint(ckpt_dir, device=device, **kwargs))
+
+    def action_mask(self, n_emitted: int, action_range: int) -> torch.Tensor:
+        r = self.space.action_ranges[action_range]
+        key = (0 if n_emitted == 0 else 1 if n_emitted < r.max_length else 2, action_range)
+        if key not in self._action_masks:
+            m = np.zeros(self.model.cfg.vocab_size, dtype=bool)
+            m[: self.space.vocab_size] = self.space.allowed_after(n_emitted, action_range)
+            self._action_masks[key] = torch.from_numpy(m).to(self.policy.device)
+        return self._action_masks[key]
+
+    def start(self, obs: dict[str, Any], prompt: str) -> Imagination:
+        """A rollout from one real observation (the env's dict: ``pixels`` per camera, ``agent_pos``)."""
+        return Imagination(self, obs, prompt)
+
+
+class Imagination:
+    """One imagined rollout: call :meth:`step` once per chunk; the imagined frames feed the context."""
+
+    def __init__(self, wm: WorldModel, obs: dict[str, Any], prompt: str):
+        self.wm, self.prompt = wm, prompt
+        p = wm.policy
+        self.embodiment = p.embodiment_of({**obs, "task": prompt})
+        e = p.embodiments[self.embodiment]
+        self.cameras, self.action_range = list(e["cameras"]), int(e["action_range"])
+        frames = []
+        for cam in self.cameras:
+            f = np.asarray(obs["pixels"][cam])
+            if f.dtype != np.uint8 or f.shape != (*e["image_size"], 3):
+                raise ValueError(f"camera {cam!r}: frame {f.dtype} {f.shape}, the model was trained on uint8 "
+                                 f"{(*e['image_size'], 3)}; make the env with that width/height")
+            frames.append(f)
+        codes = p.video_tokenizer.encode(np.stack(frames))  # [cams, h, w]
+        self.t = 0  # env steps since the real observation
+        self.frames: dict[int, list[np.ndarray]] = {0: list(codes)}  # env step -> codes per camera
+        self.states: dict[int, np.ndarray] = {0: np.asarray(obs["agent_pos"], dtype=np.float32)}
+        self._prefix = wm.space.encode_prompt(prompt)
+        self._cache = None
+
+    def _latest(self, table: dict[int, Any], t: int) -> Any:
+        return table[max(k for k in table if k <= t)]
+
+    def context(self) -> list[int]:
+        """The context at the current step, built by the same ``TokenSpace.context`` as training rows."""
+        p = self.wm.policy
+        steps = [(self._latest(self.frames, j), self._latest(self.states, j))
+                 for j in history_indices(self.t, p.history, p.history_stride)]
+        return self.wm.space.context(self.prompt, steps, self.embodiment)
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Tell the state at the current step (e.g. the simulator's); without it the last known one is held."""
+        self.states[self.t] = np.asarray(state, dtype=np.float32)
+
+    @torch.inference_mode()
+    def step(self) -> ImaginedChunk:
+        """Generate the next action chunk and the frame after its first ``n_action_steps`` actions; that frame
+        becomes the newest context frame (the rollout advances ``n_action_steps`` env steps)."""
+        wm, p = self.wm, self.wm.policy
+        space, model = wm.space, wm.model
+        r = space.action_ranges[self.action_range]
+        n_video = len(self.cameras) * self.wm.grid[0] * self.wm.grid[1]
+        context = self.context()
+        assert context[: len(self._prefix)] == self._prefix and self._prefix[-1] == SEP
+        need = len(context) + r.max_length + 2 + n_video
+        if need > model.cfg.max_seq_len:
+            raise ValueError(f"context {len(context)} + at most {r.max_length + 2} action + {n_video} frame tokens "
+                             f"> the model's max_seq_len {model.cfg.max_seq_len}")
+        if self._cache is None or self._cache.max_len < need:
+            self._cache = model.new_cache(1, max(need, min(int(p.config.get("seq_len", 0)) + 8,
+                                                           model.cfg.max_seq_len)))
+            model.forward_cached(torch.tensor([self._prefix], device=p.device), self._cache)
+        self._cache.truncate(len(self._prefix))
+
+        def feed(ids: list[int]) -> torch.Tensor:
+            return model.forward_cached(torch.tensor([ids], device=p.device), self._cache)[0, -1]
+
+        sample = {"temperature": p.temperature, "top_k": p.top_k, "generator": p.generator}
+        logits = feed(context[len(self._prefix):])
+        action_ids: list[int] = []
+        while True:  # the action chunk, under the grammar of TokenSpace.allowed_after
+            mask = wm.action_mask(len(action_ids), self.action_range)
+            if bool(mask[ACT_CLOSE]) and int(mask.sum()) == 1:
+                break
+            tok = pick(logits, mask, **sample)
+            if tok == ACT_CLOSE:
+                break
+            action_ids.append(tok)
+            logits = feed([tok])
+        logits = feed([ACT_CLOSE, FRAME_OPEN])  # both forced by the grammar: context, not sampled
+        video_ids: list[int] = []
+        for k in range(n_video):  # the next frame: video ids only, exactly n_video of them
+            tok = pick(logits, wm.video_mask, **sample)
+            video_ids.append(tok)
+            if k + 1 < n_video:
+                logits = feed([tok])
+        assert all(space.is_video(i) for i in video_ids), "a non-video id at a frame position"
+
+        actions, ok = self._decode_actions(action_ids)
+        codes = space.video_codes(np.asarray(video_ids)).reshape(len(self.cameras), *self.wm.grid)
+        self.t += wm.n_action_steps
+        self.frames[self.t] = list(codes)
+        tokens = [*context, *action_ids, ACT_CLOSE, FRAME_OPEN, *video_ids]
+        return ImaginedChunk(actions, list(codes), action_ids, video_ids, tokens, ok)
+
+    def _decode_actions(self, ids: list[int]) -> tuple[np.ndarray, bool]:
+        """Action ids -> float32 [H, A] with the policy's rule: a flagged chunk becomes the hold action."""
+        p = self.wm.policy
+        e = p.embodiments[self.embodiment]
+        tokens = self.wm.space.action_tokens(ids, self.action_range)
+        chunk, ok = p.action_tokenizers[self.action_range].decode(tokens, p.horizon, e["tokenizer_dim"])
+        ok = bool(ok) and len(tokens) == len(ids)
+        if not ok:
+            p.decode_failures += 1
+            chunk = np.tile(np.asarray(e["hold"], dtype=np.float32), (p.horizon, 1))
+        chunk = np.asarray(chunk, dtype=np.float32)[:, : e["action_dim"]]
+        assert chunk.shape == (p.horizon, e["action_dim"]), f"chunk {chunk.shape}"
+        return chunk, ok
+
+    def decode_frames(self, codes: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Codes per camera -> {camera: uint8 [H, W, 3]} through the video tokenizer's decoder."""
+        frames = self.wm.policy.video_tokenizer.decode(np.stack(codes))
+        return dict(zip(self.cameras, frames, strict=True))

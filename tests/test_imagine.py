@@ -1,0 +1,262 @@
+"""Imagination: the frame-loss model alternates actions and next-frame ids with no simulator, and
+robotok-imagine compares its frames with the simulator's on the same actions."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from robotok.datasets.lerobot_v3 import LeRobotDataset, LeRobotDatasetWriter
+from robotok.evaluate.imagine import (
+    PSNR_MAX,
+    beaten_until_s,
+    frames_psnr,
+    imagine_episode,
+    main,
+    psnr,
+    summarize,
+)
+from robotok.evaluate.video import read_mp4
+from robotok.policy.inference import Policy
+from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, pretokenize
+from robotok.policy.train import TrainConfig, train
+from robotok.policy.world_model import WorldModel, check_frame_loss
+from robotok.tokenizers.action import BinningTokenizer
+from robotok.tokenizers.space import ACT_CLOSE, ACT_OPEN, FRAME_OPEN
+from robotok.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
+
+IMG, HORIZON, N_ACT = 16, 4, 2
+CAMS = ("front", "wrist")  # PickCup's cameras, its 6-D state and 5-D actions: the checkpoint drives the real env
+PROMPTS = ("pick up the red cup", "pick up the blue cup")
+
+
+def write_dataset(root: Path, episodes: int = 4) -> Path:
+    rng = np.random.default_rng(0)
+    features = {"observation.state": {"dtype": "float32", "shape": [6]},
+                "action": {"dtype": "float32", "shape": [5]},
+                **{f"observation.images.{c}": {"dtype": "video", "shape": [IMG, IMG, 3]} for c in CAMS}}
+    with LeRobotDatasetWriter(root / "pick", fps=20, features=features, robot_type="pick") as w:
+        for e in range(episodes):
+            t = np.arange(12)[:, None]
+            state = np.sin(0.3 * t + rng.uniform(0, 6, 6)).astype(np.float32)
+            action = np.clip(np.sin(0.4 * t + rng.uniform(0, 6, 5)), -1, 1).astype(np.float32)
+            ep = {"observation.state": state, "action": action}
+            y, x = np.mgrid[:IMG, :IMG]
+            for k, c in enumerate(CAMS):  # a pattern that slides with time
+                base = (x[None] * 12 + y[None] * 6 + t[:, :, None] * 20 + 90 * k) % 256
+                ep[f"observation.images.{c}"] = np.stack([base, 255 - base, base // 2], -1).astype(np.uint8)
+            w.add_episode(ep, PROMPTS[e % 2])
+    return root / "pick"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A micro checkpoint trained for a few steps on --frame-loss shards, through the real code paths."""
+    root = tmp_path_factory.mktemp("imagine")
+    ds = LeRobotDataset(write_dataset(root))
+    chunks = np.stack([action_chunk(ds.episode(i, load_images=False)["action"], t, HORIZON, 5)
+                       for i in range(ds.num_episodes) for t in range(12)])
+    torch.manual_seed(0)
+    vt = VideoTokenizer(cfg=VideoTokenizerConfig(image_size=(IMG, IMG), downsample=8, levels=(4, 4), channels=(8,)))
+    cfg = PretokenizeConfig(out=str(root / "shards"), cameras=CAMS, horizon=HORIZON, n_action_steps=N_ACT,
+                            history=2, frame_loss=True, state_bins=32)
+    shards = pretokenize([("pick", ds)], [BinningTokenizer(bins=16).fit(chunks)], vt, cfg, progress=False)
+    train(TrainConfig(data=shards, out=root / "ckpt", preset="micro", steps=30, batch_size=8, lr=3e-3,
+                      warmup_steps=2, frame_loss_weight=0.5, dtype="fp32", val_fraction=0.0, log_every=10))
+    return root / "ckpt"
+
+
+def first_obs(seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    return {"pixels": {c: rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for c in CAMS},
+            "agent_pos": rng.normal(0, 0.5, 6).astype(np.float32)}
+
+
+def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt) -> None:
+    wm = WorldModel.from_checkpoint(ckpt)
+    space, model = wm.space, wm.model
+    rollout = wm.start(first_obs(), PROMPTS[0])
+    n_video = len(CAMS) * 2 * 2  # a 16x16 frame with 8x down-sampling: a 2x2 code grid per camera
+    previous = None
+    for k in range(4):
+        chunk = rollout.step()
+        assert chunk.actions.shape == (HORIZON, 5) and chunk.actions.dtype == np.float32
+        assert len(chunk.codes) == 2 and all(c.shape == (2, 2) for c in chunk.codes)
+        assert len(chunk.video_ids) == n_video and all(space.is_video(i) for i in chunk.video_ids)
+        assert len(chunk.action_ids) == HORIZON * 5 and all(space.is_action(i, 0) for i in chunk.action_ids)
+        assert rollout.t == (k + 1) * N_ACT
+        # the imagined frame of the previous chunk IS the newest context frame of this one (history 2)
+        a0 = chunk.tokens.index(ACT_OPEN) + 1
+        opens = [i for i, tok in enumerate(chunk.tokens[:a0]) if tok == FRAME_OPEN]
+        assert len(opens) == 2
+        if previous is not None:
+            assert chunk.tokens[opens[-1] + 1:opens[-1] + 1 + n_video] == previous
+        previous = chunk.video_ids
+        # KV-cached generation == the greedy choice of a full forward pass under the grammar's masks
+        with torch.no_grad():
+            logits = model(torch.tensor([chunk.tokens]))[0][0]
+        for j, tok in enumerate(chunk.action_ids):
+            mask = wm.action_mask(j, 0)
+            assert int(logits[a0 + j - 1].masked_fill(~mask, -math.inf).argmax()) == tok
+        v0 = len(chunk.tokens) - n_video
+        assert chunk.tokens[v0 - 2:v0] == [ACT_CLOSE, FRAME_OPEN]
+        for j, tok in enumerate(chunk.video_ids):
+            assert int(logits[v0 + j - 1].masked_fill(~wm.video_mask, -math.inf).argmax()) == tok
+    decoded = rollout.decode_frames(chunk.codes)
+    assert sorted(decoded) == sorted(CAMS) and all(f.shape == (IMG, IMG, 3) and f.dtype == np.uint8
+                                                  for f in decoded.values())
+    # without a state from outside the first one is held; with one, the next context carries it
+    s0 = space.encode_state(first_obs()["agent_pos"], 0)
+    assert rollout.context()[-(len(s0) + 2):-2] == s0
+    new = np.full(6, 0.3, np.float32)
+    rollout.set_state(new)
+    assert rollout.context()[-(len(s0) + 2):-2] == space.encode_state(new, 0)
+
+
+class Hostile(torch.nn.Module):
+    """The checkpoint's model pushed to emit anything but video ids (+30 on every other id)."""
+
+    def __init__(self, inner: torch.nn.Module, space):
+        super().__init__()
+        self.inner, self.cfg = inner, inner.cfg
+        bias = torch.full((inner.cfg.vocab_size,), 30.0)
+        lo, hi = space.ranges()["video"]
+        bias[lo:hi] = 0.0
+        self.register_buffer("bias", bias)
+
+    def forward(self, idx, targets=None, weights=None):
+        return self.inner(idx)[0] + self.bias, None
+
+    def new_cache(self, batch, max_len=None):
+        return self.inner.new_cache(batch, max_len)
+
+    def forward_cached(self, idx, cache):
+        return self.inner.forward_cached(idx, cache) + self.bias
+
+
+@pytest.mark.parametrize("temperature", [0.0, 2.0])
+def test_frame_positions_admit_only_video_ids_even_from_a_hostile_model(ckpt, temperature) -> None:
+    p = Policy.from_checkpoint(ckpt)
+    wm = WorldModel(Policy(Hostile(p.model, p.space), p.space, p.config, p.action_tokenizers, p.video_tokenizer,
+                           temperature=temperature, seed=3))
+    for s in range(3):
+        rollout = wm.start(first_obs(s), PROMPTS[s % 2])
+        for _ in range(3):
+            chunk = rollout.step()
+            assert all(wm.space.is_video(i) for i in chunk.video_ids)
+            assert all(wm.space.is_action(i, 0) for i in chunk.action_ids)
+            lo, hi = wm.space.ranges()["video"]
+            assert all(0 <= c.min() and c.max() < hi - lo for c in chunk.codes)
+
+
+def test_psnr_of_known_pairs() -> None:
+    a = np.zeros((4, 4, 3), np.uint8)
+    b = np.full((4, 4, 3), 16, np.uint8)
+    assert psnr(a, b) == pytest.approx(10 * math.log10(255**2 / 256))  # 24.065 dB
+    assert psnr(a, a) == PSNR_MAX
+    c = a.copy()
+    c[0, 0, 0] = 255  # one pixel channel of 48 off by 255: MSE = 255^2 / 48
+    assert psnr(a, c) == pytest.approx(10 * math.log10(48))
+    # cameras are pooled into one MSE: (0 + 256) / 2 = 128
+    assert frames_psnr({"front": a, "wrist": a}, {"front": a, "wrist": b}) == pytest.approx(
+        10 * math.log10(255**2 / 128))
+    with pytest.raises(ValueError, match="one shape"):
+        psnr(a, b[:2])
+    eps = [{"psnr_model": [30.0, 20.0], "psnr_copy_last": [25.0, 22.0], "psnr_copy_last_tokens": [20.0, 19.0],
+            "psnr_tokenizer": [35.0, 35.0]},
+           {"psnr_model": [26.0], "psnr_copy_last": [21.0], "psnr_copy_last_tokens": [18.0], "psnr_tokenizer": [33.0]}]
+    rows = summarize(eps, steps=3, n_action_steps=5, fps=20.0)
+    assert [(r["episodes"], r["psnr/model"], r["psnr/copy_last"]) for r in rows] == [(2, 28.0, 23.0), (1, 20.0, 22.0)]
+    assert rows[0]["ratio"] == pytest.approx(28 / 23) and rows[1]["gain_db"] == pytest.approx(-2.0)
+    assert rows[0]["t_s"] == 0.25 and beaten_until_s(rows) == 0.25 and rows[0]["psnr/copy_last_tokens"] == 19.0
+
+
+class EndsEarly(gym.Env):
+    """A stand-in env whose episode ends after 5 steps, mid-chunk (chunks of N_ACT = 2 steps)."""
+
+    metadata = {"render_fps": 20}
+
+    def __init__(self):
+        self.action_space = gym.spaces.Box(-1, 1, (5,), np.float32)
+        self.t = 0
+
+    def _obs(self):
+        return {**first_obs(self.t), "agent_pos": np.full(6, 0.1 * self.t, np.float32)}
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._obs(), {"prompt": PROMPTS[1]}
+
+    def step(self, action):
+        self.t += 1
+        return self._obs(), 0.0, self.t >= 5, False, {}
+
+
+def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> None:
+    wm = WorldModel.from_checkpoint(ckpt)
+    ep = imagine_episode(wm, EndsEarly(), seed=1, steps=6)
+    # chunks end at steps 2 and 4; the episode ends at step 5, before the third chunk's frame
+    assert ep["steps_done"] == 2 and ep["prompt"] == PROMPTS[1]
+    assert len(ep["real"]) == len(ep["imagined"]) == len(ep["tokenizer"]) == 3
+    assert len(ep["psnr_model"]) == len(ep["psnr_copy_last"]) == 2
+    assert [len(a) for a in ep["actions"]] == [2, 2, 1]
+    np.testing.assert_array_equal(ep["real"][2]["front"], first_obs(4)["pixels"]["front"])
+    assert ep["psnr_copy_last"][0] == pytest.approx(frames_psnr(ep["real"][0], ep["real"][1]))
+    assert ep["psnr_copy_last_tokens"][1] == pytest.approx(frames_psnr(ep["tokenizer"][0], ep["real"][2]))
+    assert ep["psnr_tokenizer"][1] == pytest.approx(frames_psnr(ep["tokenizer"][2], ep["real"][2]))
+
+
+def test_cli_writes_side_by_side_video_and_metrics(ckpt, tmp_path, monkeypatch, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["robotok-imagine", "--policy", str(ckpt), "--env", "robotok/PickCup-v0", "--seed", "7", "--seeds", "2",
+            "--steps", "3", "--out", str(out), "--size", "32"]
+    monkeypatch.setattr(sys, "argv", args)
+    main()
+    metrics = json.loads((out / "metrics.json").read_text())
+    eps = metrics["episodes"]
+    assert [e["seed"] for e in eps] == [7, 8] and all(e["steps_done"] == 3 for e in eps)
+    assert [r["step"] for r in metrics["horizon"]] == [1, 2, 3] and metrics["horizon"][0]["t_s"] == 0.1
+    for r in metrics["horizon"]:
+        assert r["psnr/model"] == pytest.approx(np.mean([e["psnr_model"][r["step"] - 1] for e in eps]))
+        assert r["ratio"] == pytest.approx(r["psnr/model"] / r["psnr/copy_last"])
+        assert 0 < r["psnr/model"] <= PSNR_MAX and 0 < r["psnr/copy_last"] <= PSNR_MAX
+    assert all(len(a) == N_ACT and len(a[0]) == 5 for a in eps[0]["actions"])
+    video = read_mp4(out / "PickCup-v0_seed7.mp4")
+    assert len(video) == 4 * N_ACT + 20  # 4 frames (start + 3 chunks) each shown N_ACT steps, then 1 s held
+    assert video[0].shape[1] > 2 * 2 * 32 and (out / "PickCup-v0_seed7.png").is_file()
+    assert eps[1]["video"] is None and "| 3 | 0.30 | 2 |" in capsys.readouterr().out
+
+
+def test_a_checkpoint_without_the_frame_loss_is_refused(ckpt, tmp_path, monkeypatch, capsys) -> None:
+    bad = tmp_path / "no_frames"
+    shutil.copytree(ckpt, bad)
+    policy = json.loads((bad / "policy.json").read_text())
+    (bad / "policy.json").write_text(json.dumps({**policy, "frame_loss": False}))
+    with pytest.raises(ValueError, match="pretokenize with --frame-loss"):
+        check_frame_loss(bad)
+    monkeypatch.setattr(sys, "argv", ["robotok-imagine", "--policy", str(bad), "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="robotok-imagine: error: .*frame_loss is false"):
+        main()
+    (bad / "policy.json").write_text(json.dumps(policy))
+    config = json.loads((bad / "config.json").read_text())
+    config["train"]["frame_loss_weight"] = 0.0
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="--frame-loss-weight"):
+        WorldModel.from_checkpoint(bad)
+    for argv, msg in [(["--policy", str(tmp_path / "nope")], "no such directory"),
+                      (["--policy", str(ckpt), "--env", "robotok/Nope-v0"], "unknown env id")]:
+        monkeypatch.setattr(sys, "argv", ["robotok-imagine", *argv, "--out", str(tmp_path / "o")])
+        with pytest.raises(SystemExit, match=f"robotok-imagine: error: .*{msg}"):
+            main()
+    monkeypatch.setattr(sys, "argv", ["robotok-imagine", "--policy", str(ckpt), "--steps", "0"])
+    with pytest.raises(SystemExit):  # tyro reports the config's ValueError and exits
+        main()
+    assert "steps 0 must be >= 1" in capsys.readouterr().err
