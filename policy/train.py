@@ -1,6 +1,6 @@
 """Train the policy transformer on pre-tokenised shards: one CPU process, or torchrun over GPUs and nodes.
 
-    robotok-train --data runs/demo/shards --preset tiny --steps 2000 --out runs/demo/ckpt
+    robotok-train --data runs/demo/shards --preset tiny --steps 2000 --out runs/demo/policy
     torchrun --nproc-per-node=8 -m robotok.policy.train --data ... --preset base [--fsdp]
 
 Distributed runs are detected from torchrun's RANK/WORLD_SIZE (NCCL on CUDA, gloo on CPU); ``--fsdp``
@@ -49,7 +49,7 @@ class TrainConfig:
 
     data: Path = Path("runs/demo/shards")
     """Shard directory written by robotok-pretokenize."""
-    out: Path = Path("runs/demo/ckpt")
+    out: Path = Path("runs/demo/policy")
     """Checkpoint directory (created; overwritten unless --resume)."""
     preset: Literal["micro", "tiny", "small", "base", "large"] = "tiny"
     """Model size (robotok.policy.model.PRESETS): micro for smoke tests, tiny for a CPU, the others for GPUs."""
