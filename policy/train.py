@@ -15,6 +15,7 @@ installed) and writes the checkpoint directory, the model unwrapped (see ``robot
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -450,6 +451,11 @@ class Trainer:
             if tb is not None:
                 tb.close()
         if self.distributed:
+            # All ranks leave together, and the DDP wrapper (its reducer holds the process group) goes first:
+            # with gloo, tearing it down after the group was destroyed hung now and then.
+            dist.barrier()
+            self.model = self.raw
+            gc.collect()
             dist.destroy_process_group()
 
 

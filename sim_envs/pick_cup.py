@@ -30,10 +30,10 @@ from typing import Any
 import gymnasium as gym
 import mujoco
 import numpy as np
-from robotok.sim_envs.arm_ik import ArmIK, site_yaw
-from robotok.sim_envs.pick_cup_expert import PickCupExpert
 
 import robotok
+from robotok.sim_envs.arm_ik import ArmIK, site_yaw
+from robotok.sim_envs.pick_cup_expert import PickCupExpert
 
 __all__ = ["PickCupEnv", "PickCupExpert", "DEFAULT_PROMPT_TEMPLATES", "CUP_COLORS"]
 

@@ -139,9 +139,10 @@ def run_expert_episode(env: Any, seed: int, noise: float = 0.0,
 
 def main() -> None:
     import gymnasium as gym
-    import robotok.sim_envs  # noqa: F401  (registers the ids)
     import tyro
     from tqdm import tqdm
+
+    import robotok.sim_envs  # noqa: F401  (registers the ids)
 
     cfg = tyro.cli(CheckConfig)
     env = gym.make("robotok/PickCup-v0", width=cfg.width, height=cfg.height)

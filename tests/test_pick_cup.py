@@ -5,8 +5,9 @@ from __future__ import annotations
 import gymnasium as gym
 import numpy as np
 import pytest
-import robotok.sim_envs  # noqa: F401  (registers the ids)
 from gymnasium.utils.env_checker import check_env
+
+import robotok.sim_envs  # noqa: F401  (registers the ids)
 from robotok.sim_envs.pick_cup import CUP_COLORS, DEFAULT_PROMPT_TEMPLATES, SUCCESS_LIFT, PickCupEnv
 from robotok.sim_envs.pick_cup_expert import PickCupExpert, run_expert_episode
 

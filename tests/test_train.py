@@ -129,7 +129,8 @@ def test_schedule_and_weights():
 
 
 def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # Loopback only: gloo otherwise binds to the interface the hostname resolves to, which may be none.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     launcher = [sys.executable]

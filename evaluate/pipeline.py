@@ -1,0 +1,322 @@
+"""robotok-pipeline: the whole demo end to end, on embedded defaults (what ``make demo`` runs).
+
+    robotok-pipeline                                   # the cpu preset into runs/demo
+    robotok-pipeline --preset gpu --out runs/gpu       # a CUDA node: more data, a bigger model
+    robotok-pipeline --preset smoke --out /tmp/smoke   # a few minutes; what CI runs
+    robotok-pipeline --stages train eval report --force
+
+Each stage runs the command a user would type (printed before it runs) and writes into a fixed layout:
+
+=============  ==============================================  =================================
+stage          command                                         output (the file that marks it done)
+=============  ==============================================  =================================
+record         robotok-record (once per task)                  data/<task>/ (meta/info.json)
+fit            robotok-fit-tokenizers                          tokenizers/action/ (report.json)
+video          robotok-train-video-tokenizer                   tokenizers/video/ (eval.json)
+pretokenize    robotok-pretokenize                             shards/ (meta.json)
+train          robotok-train                                   policy/ (config.json at the last step)
+eval           robotok-eval, then robotok-eval --prompt-sweep  eval/ and eval/sweep/ (report.json)
+report         (this module)                                   report.md, pipeline.json, plots/
+=============  ==============================================  =================================
+
+A stage is skipped when its output is complete and newer than the outputs it reads (make's rule), so a
+second run is a no-op and ``--force`` on an early stage redoes everything after it; an interrupted
+``train`` resumes from its last checkpoint. Wall time per stage goes to ``pipeline.json`` and the report.
+
+Presets (``PRESETS``, plain data): ``cpu`` is sized for a 2-core laptop CPU in about 45 minutes, ``gpu``
+for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to
+check the wiring (its policy is not expected to succeed).
+
+Sizing the cpu preset (measured on 2 cores): the ``tiny`` model trains at about 11k tokens/s with a
+front camera of 64 video tokens (a PickCup sequence is 148 tokens), so 3000 steps of 32 sequences
+(2.8 passes over 200 + 200 demonstrations) take about 22 minutes; the other stages are estimated at about
+15 from their CPU time. After 1.1 passes (2400 steps of 16) Drive succeeded in 35% of unseen seeds and
+PickCup in none: the policy must find the named cup's colour in the video tokens, the slowest thing it
+learns. On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
+a descheduled thread (8x slower, measured).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+PROG = "robotok-pipeline"
+STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
+TASKS = {"pickcup": "robotok/PickCup-v0", "drive": "robotok/Drive-v0"}  # data/<task>/ <- env id
+CLI_MODULES = {
+    "robotok-record": "robotok.datasets.record",
+    "robotok-fit-tokenizers": "robotok.tokenizers.fit",
+    "robotok-train-video-tokenizer": "robotok.tokenizers.train_video",
+    "robotok-pretokenize": "robotok.policy.pretokenize",
+    "robotok-train": "robotok.policy.train",
+    "robotok-eval": "robotok.evaluate.cli",
+}
+EVAL_SEED_START = 100_000  # demonstrations use seeds from 0: evaluation scenes are unseen
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every choice of the demo in one place; see the module docstring of each command for its meaning."""
+
+    episodes: int  # demonstrations per task
+    noise: float  # expert noise: perturbations the expert recovers from, so the data shows recoveries
+    record_workers: int
+    image_size: int  # square camera images
+    horizon: int  # action chunk length H
+    n_action_steps: int  # actions executed per predicted chunk
+    action_kind: Literal["binning", "bspline", "dct_bpe"]
+    control_points: int  # B-spline control points per action dimension
+    cameras: tuple[str, ...]  # cameras tokenised into the policy's context (each task uses those it has)
+    history: int  # observed steps in the context
+    video_downsample: int  # 8: 64x64 -> 8x8 tokens, 16: 4x4
+    video_channels: tuple[int, ...]
+    video_steps: int
+    video_batch: int
+    model: str  # robotok.policy.model.PRESETS
+    train_steps: int
+    train_batch: int
+    lr: float
+    warmup: int
+    eval_episodes: int  # per env, on unseen seeds
+    sweep_episodes: int  # seeds of the prompt-grounding sweep, per env (each run once per candidate target)
+    eval_workers: int
+    videos: int
+    device: str = "cpu"
+
+
+PRESETS: dict[str, Preset] = {
+    "cpu": Preset(episodes=200, noise=0.3, record_workers=2, image_size=64, horizon=10, n_action_steps=5,
+                  action_kind="bspline", control_points=4, cameras=("front",), history=1,
+                  video_downsample=8, video_channels=(16, 32, 64), video_steps=400, video_batch=32,
+                  model="tiny", train_steps=3000, train_batch=32, lr=1e-3, warmup=150,
+                  eval_episodes=100, sweep_episodes=20, eval_workers=2, videos=2),
+    "gpu": Preset(episodes=1000, noise=0.3, record_workers=16, image_size=64, horizon=10, n_action_steps=5,
+                  action_kind="bspline", control_points=4, cameras=("front", "wrist", "top"), history=2,
+                  video_downsample=8, video_channels=(32, 64, 96), video_steps=3000, video_batch=64,
+                  model="small", train_steps=20000, train_batch=128, lr=6e-4, warmup=500,
+                  eval_episodes=200, sweep_episodes=100, eval_workers=16, videos=4, device="cuda"),
+    "smoke": Preset(episodes=3, noise=0.3, record_workers=1, image_size=64, horizon=10, n_action_steps=5,
+                    action_kind="bspline", control_points=4, cameras=("front",), history=1,
+                    video_downsample=8, video_channels=(8, 16, 16), video_steps=10, video_batch=8,
+                    model="micro", train_steps=10, train_batch=8, lr=1e-3, warmup=2,
+                    eval_episodes=1, sweep_episodes=1, eval_workers=1, videos=1),
+}
+
+
+@dataclass
+class PipelineConfig:
+    """robotok-pipeline: record, tokenise, train and evaluate the demo end to end."""
+
+    out: Path = Path("runs/demo")
+    """Run directory; every stage writes a fixed sub-folder of it (see the module docstring)."""
+    preset: Literal["cpu", "gpu", "smoke"] = "cpu"
+    """cpu: a 2-core CPU in about 45 min; gpu: one CUDA GPU, more data and a bigger model; smoke: a wiring check."""
+    stages: tuple[Literal["record", "fit", "video", "pretokenize", "train", "eval", "report"], ...] = STAGES
+    """Stages to consider (in pipeline order); each still skips when its output is complete."""
+    force: bool = False
+    """Redo the selected stages even when their outputs are complete (later stages then redo too)."""
+    dry_run: bool = False
+    """Print the commands without running them."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        bad = [s for s in self.stages if s not in STAGES]
+        if bad or not self.stages:
+            raise ValueError(f"stages {list(self.stages)}: unknown {bad}; choose from {list(STAGES)}")
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+
+
+# ---- commands ---------------------------------------------------------------------------------------------
+
+
+def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
+    """The command lines of one stage (console-script name first), exactly as a user would type them."""
+    d = {t: str(out / "data" / t) for t in TASKS}
+    act, vid, shards, pol = (str(out / x) for x in ("tokenizers/action", "tokenizers/video", "shards", "policy"))
+    size = ["--width", str(p.image_size), "--height", str(p.image_size)]
+    if stage == "record":
+        return [["robotok-record", "--env", env, "--episodes", str(p.episodes), "--out", d[t],
+                 "--workers", str(p.record_workers), "--noise", str(p.noise), "--seed-start", "0", *size]
+                for t, env in TASKS.items()]
+    if stage == "fit":
+        return [["robotok-fit-tokenizers", "--dataset", *d.values(), "--horizon", str(p.horizon), "--out", act,
+                 "--kinds", p.action_kind, "--control-points", str(p.control_points)]]
+    if stage == "video":
+        return [["robotok-train-video-tokenizer", "--dataset", *d.values(), "--out", vid, "--cameras", *p.cameras,
+                 "--steps", str(p.video_steps), "--batch-size", str(p.video_batch),
+                 "--downsample", str(p.video_downsample), "--channels", *map(str, p.video_channels),
+                 "--device", p.device]]
+    if stage == "pretokenize":
+        return [["robotok-pretokenize", "--dataset", *d.values(),
+                 "--action-tokenizer", *(f"{act}/{t}/{p.action_kind}" for t in TASKS), "--video-tokenizer", vid,
+                 "--out", shards, "--cameras", *p.cameras, "--horizon", str(p.horizon),
+                 "--n-action-steps", str(p.n_action_steps), "--history", str(p.history)]]
+    if stage == "train":
+        return [["robotok-train", "--data", shards, "--out", pol, "--preset", p.model, "--steps", str(p.train_steps),
+                 "--batch-size", str(p.train_batch), "--lr", str(p.lr), "--warmup-steps", str(p.warmup),
+                 "--device", p.device]]
+    if stage == "eval":
+        envs = [a for env in TASKS.values() for a in ("--env", env)]
+        common = [*envs, "--policy", pol, "--seed-start", str(EVAL_SEED_START), "--workers", str(p.eval_workers),
+                  "--device", p.device]
+        if p.image_size != 64:
+            common += ["--env-kwargs", json.dumps({"width": p.image_size, "height": p.image_size})]
+        return [["robotok-eval", *common, "--episodes", str(p.eval_episodes), "--compare", "expert,random",
+                 "--videos", str(p.videos), "--out", str(out / "eval")],
+                ["robotok-eval", *common, "--episodes", str(p.sweep_episodes), "--prompt-sweep",
+                 "--videos", "0", "--out", str(out / "eval" / "sweep")]]
+    return []  # report: written by this module
+
+
+def done_files(stage: str, out: Path) -> list[Path]:
+    """The files whose presence marks a stage complete (each written last, or atomically with its folder)."""
+    return {
+        "record": [out / "data" / t / "meta" / "info.json" for t in TASKS],
+        "fit": [out / "tokenizers" / "action" / "report.json"],
+        "video": [out / "tokenizers" / "video" / "eval.json"],
+        "pretokenize": [out / "shards" / "meta.json"],
+        "train": [out / "policy" / "config.json"],
+        "eval": [out / "eval" / "report.json", out / "eval" / "sweep" / "report.json"],
+        "report": [out / "report.md"],
+    }[stage]
+
+
+def output_dirs(stage: str, out: Path) -> list[Path]:
+    """What a stage owns and replaces when it runs."""
+    return {
+        "record": [out / "data" / t for t in TASKS], "fit": [out / "tokenizers" / "action"],
+        "video": [out / "tokenizers" / "video"], "pretokenize": [out / "shards"], "train": [out / "policy"],
+        "eval": [out / "eval"], "report": [],
+    }[stage]
+
+
+def _mtime(paths: list[Path]) -> float | None:
+    """Oldest modification time of the paths, None when one is missing."""
+    return min(p.stat().st_mtime for p in paths) if all(p.is_file() for p in paths) else None
+
+
+def train_step_done(out: Path) -> int:
+    """The step of the checkpoint in policy/ (0 when there is none)."""
+    path = out / "policy" / "config.json"
+    return int(json.loads(path.read_text()).get("step", 0)) if path.is_file() else 0
+
+
+def stage_state(stage: str, out: Path, p: Preset) -> str:
+    """``done``, ``resume`` (train only: an unfinished checkpoint) or ``todo``."""
+    own = _mtime(done_files(stage, out))
+    i = STAGES.index(stage)
+    inputs = [f for s in STAGES[:i] if s != "report" for f in done_files(s, out)]
+    newest_input = max((f.stat().st_mtime for f in inputs if f.is_file()), default=0.0)
+    if stage == "report":
+        return "todo"  # cheap, and it should reflect the latest outputs
+    if stage == "train" and own is not None and own >= newest_input:
+        if train_step_done(out) >= p.train_steps:
+            return "done"
+        return "resume" if (out / "policy" / "train_state.pt").is_file() else "todo"
+    return "done" if own is not None and own >= newest_input else "todo"
+
+
+def resolve(argv: list[str]) -> list[str]:
+    """The console script next to this Python (a venv's bin/) when installed, else ``python -m module``."""
+    exe = shutil.which(argv[0], path=str(Path(sys.executable).parent))
+    return [exe, *argv[1:]] if exe else [sys.executable, "-m", CLI_MODULES[argv[0]], *argv[1:]]
+
+
+def run_command(argv: list[str], dry_run: bool = False) -> None:
+    """Print and run one command; a failure stops the pipeline with a one-line error."""
+    full = resolve(argv)
+    print(f"$ {shlex.join(argv)}", flush=True)
+    if dry_run:
+        return
+    rc = subprocess.run(full, check=False).returncode
+    if rc != 0:
+        raise SystemExit(f"{PROG}: error: `{shlex.join(argv)}` failed with exit code {rc} (its output is above); "
+                         "fix the cause and rerun: finished stages are skipped")
+
+
+# ---- the pipeline -----------------------------------------------------------------------------------------
+
+
+def _load_log(out: Path) -> dict:
+    path = out / "pipeline.json"
+    return json.loads(path.read_text()) if path.is_file() else {"stages": {}}
+
+
+def _save_log(out: Path, log: dict) -> None:
+    tmp = out / ".pipeline.json.tmp"
+    tmp.write_text(json.dumps(log, indent=2))
+    os.replace(tmp, out / "pipeline.json")
+
+
+def run(cfg: PipelineConfig) -> dict:
+    """Run the selected stages in order; returns the pipeline log (also written to ``<out>/pipeline.json``)."""
+    from robotok.evaluate.pipeline_report import write_pipeline_report
+
+    p, out = PRESETS[cfg.preset], cfg.out
+    out.mkdir(parents=True, exist_ok=True)
+    log = _load_log(out)
+    if log.get("preset") not in (None, cfg.preset) and not cfg.force:
+        raise SystemExit(f"{PROG}: error: {out} holds a run of preset {log['preset']!r}, not {cfg.preset!r}; "
+                         "choose another --out, or pass --force to redo it")
+    log.update({"preset": cfg.preset, "settings": asdict(p)})
+    t_start = time.perf_counter()
+    selected = [s for s in STAGES if s in cfg.stages]
+    forced = set(selected) if cfg.force else set()
+    for k, stage in enumerate(selected, 1):
+        state = "todo" if stage in forced else stage_state(stage, out, p)
+        head = f"[{k}/{len(selected)}] {stage}"
+        if state == "done":
+            print(f"{head}: done already ({', '.join(str(f) for f in done_files(stage, out))}); skipped", flush=True)
+            log["stages"].setdefault(stage, {})["skipped"] = True
+            continue
+        print(f"{head}: {'resuming' if state == 'resume' else 'running'}", flush=True)
+        t0 = time.perf_counter()
+        cmds, dirs = commands(stage, out, p), output_dirs(stage, out)
+        if stage == "record" and stage not in forced:  # keep a task's finished recording
+            todo = [i for i, f in enumerate(done_files(stage, out)) if not f.is_file()] or list(range(len(cmds)))
+            cmds, dirs = [cmds[i] for i in todo], [dirs[i] for i in todo]
+        if state == "resume":
+            cmds = [[*cmds[0], "--resume"]]
+        elif not cfg.dry_run:
+            for d in dirs:
+                if d.exists():
+                    shutil.rmtree(d)
+            forced |= {s for s in STAGES[STAGES.index(stage) + 1:]}  # everything after it redoes
+        for argv in cmds:
+            run_command(argv, cfg.dry_run)
+        wall = time.perf_counter() - t0
+        log["stages"][stage] = {"commands": [shlex.join(c) for c in cmds], "wall_s": round(wall, 1),
+                                "skipped": False, "resumed": state == "resume"}
+        if stage == "report" and not cfg.dry_run:
+            write_pipeline_report(out, log)
+        if not cfg.dry_run:
+            _save_log(out, log)
+        print(f"{head}: finished in {wall:.1f} s (pipeline {time.perf_counter() - t_start:.1f} s)", flush=True)
+    if not cfg.dry_run:
+        _save_log(out, log)
+        if "report" in selected:
+            write_pipeline_report(out, log)  # again, so that its own wall time is in it
+    return log
+
+
+def main() -> None:
+    import tyro
+
+    cfg = tyro.cli(PipelineConfig)
+    log = run(cfg)
+    total = sum(s.get("wall_s", 0.0) for s in log["stages"].values())
+    print(f"{PROG}: {cfg.out / 'report.md'} written; stage wall times add up to {total / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
