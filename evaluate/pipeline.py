@@ -96,7 +96,7 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "cpu": Preset(episodes=200, noise=0.3, record_workers=2, image_size=64, horizon=10, n_action_steps=5,
                   action_kind="bspline", control_points=4, cameras=("front",), history=1,
-                  video_downsample=8, video_channels=(16, 32, 64), video_steps=400, video_batch=32,
+                  video_downsample=8, video_channels=(16, 32, 64), video_steps=1000, video_batch=32,
                   model="tiny", train_steps=3000, train_batch=32, lr=1e-3, warmup=150,
                   eval_episodes=100, sweep_episodes=20, eval_workers=2, videos=2),
     "gpu": Preset(episodes=1000, noise=0.3, record_workers=16, image_size=64, horizon=10, n_action_steps=5,
