@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	  else \
 	    echo "setup: no CUDA GPU; installing $(TORCH_CPU) (CPU)"; \
 	    $(BIN)/pip install -q --disable-pip-version-check $(TORCH_CPU) 2>&1 | grep -v "is ignored" || true; \
-	    $(BIN)/python -c "import torch" || { echo "setup: installing $(TORCH_CPU) failed"; exit 1; }; \
+	    $(BIN)/python -c "import torch" 2>/dev/null || { echo "setup: installing $(TORCH_CPU) failed"; exit 1; }; \
 	  fi; \
 	fi
 	@$(BIN)/pip install -q --disable-pip-version-check -e ".[dev]" 2>&1 | grep -v "is ignored" || true

@@ -15,7 +15,7 @@ fit            robotok-fit-tokenizers                          tokenizers/action
 video          robotok-train-video-tokenizer                   tokenizers/video/ (eval.json)
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
 train          robotok-train                                   policy/ (config.json at the last step)
-eval           robotok-eval, then robotok-eval --prompt-sweep  eval/ and eval/sweep/ (report.json)
+eval           robotok-eval (policy, --prompt-sweep, expert)   eval/, eval/sweep/, eval/expert/
 report         (this module)                                   report.md, pipeline.json, plots/
 =============  ==============================================  =================================
 
@@ -174,7 +174,11 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
         return [["robotok-eval", *common, "--episodes", str(p.eval_episodes), "--compare", "expert,random",
                  "--videos", str(p.videos), "--out", str(out / "eval")],
                 ["robotok-eval", *common, "--episodes", str(p.sweep_episodes), "--prompt-sweep",
-                 "--videos", "0", "--out", str(out / "eval" / "sweep")]]
+                 "--videos", "0", "--out", str(out / "eval" / "sweep")],
+                # Videos of the scripted expert solving each task, next to the policy's.
+                ["robotok-eval", *envs, "--policy", "expert", "--seed-start", str(EVAL_SEED_START), "--workers", "1",
+                 "--episodes", str(max(p.videos, 1)), "--videos", str(max(p.videos, 1)),
+                 "--out", str(out / "eval" / "expert")]]
     return []  # report: written by this module
 
 
@@ -186,7 +190,8 @@ def done_files(stage: str, out: Path) -> list[Path]:
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
         "train": [out / "policy" / "config.json"],
-        "eval": [out / "eval" / "report.json", out / "eval" / "sweep" / "report.json"],
+        "eval": [out / "eval" / "report.json", out / "eval" / "sweep" / "report.json",
+                 out / "eval" / "expert" / "report.json"],
         "report": [out / "report.md"],
     }[stage]
 

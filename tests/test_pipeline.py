@@ -106,6 +106,10 @@ def test_eval_reports_have_the_keys(smoke_run):
     assert sweep["config"]["prompt_sweep"]
     assert len(sweep["results"]["robotok/PickCup-v0"]["policy"]["per_target"]) >= 2  # every cup of the scene
     assert len(sweep["results"]["robotok/Drive-v0"]["policy"]["per_target"]) == 4  # every route
+    expert = json.loads((out / "eval" / "expert" / "report.json").read_text())
+    for env in ("robotok/PickCup-v0", "robotok/Drive-v0"):
+        videos = expert["results"][env]["expert"]["videos"]
+        assert videos and all((out / "eval" / "expert" / v).is_file() for v in videos), videos
     md = (out / "report.md").read_text()
     for heading in ("## Stages", "## Demonstrations", "## Tokenizers", "## Policy training",
                     "## Evaluation on unseen seeds", "### Prompt grounding"):
