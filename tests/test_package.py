@@ -43,3 +43,17 @@ def test_console_scripts_resolve() -> None:
         module, func = target.split(":")
         assert callable(getattr(importlib.import_module(module), func)), f"{name} -> {target} is not callable"
         assert (Path(sys.executable).parent / name).exists(), f"console script {name} not installed; run make setup"
+
+
+def test_wheel_holds_robotok_only(tmp_path: Path) -> None:
+    """The built wheel installs one top-level package, robotok/, with the MJCF assets inside it."""
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                    str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    (wheel,) = tmp_path.glob("robotok-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {n.split("/")[0] for n in names} == {"robotok", wheel.name.split("-py")[0] + ".dist-info"}, names
+    for sub in SUBPACKAGES:
+        assert any(n.startswith(f"robotok/{sub}/") for n in names), sub
+    assert "robotok/assets/pick_cup.xml" in names and "robotok/assets/drive.xml" in names
