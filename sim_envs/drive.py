@@ -1,4 +1,4 @@
-"""robotok/Drive-v0: a car at an X intersection drives the route its prompt names.
+"""robotok/Drive-v0: a car on a bending approach road to an X intersection drives the route its prompt names.
 
 The car is simulated with real wheel contacts: a chassis on a free joint, two front wheels on steering
 hinges driven by position servos, two rear wheels driven by wheel-speed servos with a force limit
@@ -13,8 +13,8 @@ negative values brake then reverse.
 Observation: ``{"pixels": {"front": uint8 [H, W, 3] (hood camera), "top": uint8 [H, W, 3] (chase
 camera)}, "agent_pos": float32 [9]}`` with agent_pos = (forward speed m/s, yaw rate rad/s, steering
 angle rad, heading error to the lane rad, lateral offset from the lane centre m (+ left), x m, y m,
-cos yaw, sin yaw) in the intersection frame; the lane is the right-hand lane of the road the car is on,
-never the route's, so the state does not reveal the route.
+cos yaw, sin yaw) in the intersection frame; the lane is the right-hand lane of the road the car is on
+(following the approach's bend), never the route's, so the state does not reveal the route.
 
 Success: the car centre inside the prompted goal region (a chequered strip on a branch, or 1.6-3.8 m
 before the red cone) at under 0.3 m/s, with no collision and not off road. The episode ends on
@@ -33,8 +33,8 @@ import numpy as np
 from gymnasium import spaces
 
 from robotok.sim_envs.drive_expert import DriveExpert
-from robotok.sim_envs.drive_scene import MultiCamRenderer, build_model, on_road
-from robotok.sim_envs.drive_track import CONE_Y, ROUTES, Layout, goal_boxes, lane_frame, route_path, sample_layout
+from robotok.sim_envs.drive_scene import APPROACH_LEN, BENDS, MultiCamRenderer, approach_frame, build_model, on_road
+from robotok.sim_envs.drive_track import ROUTES, Layout, goal_region, lane_frame, route_path, sample_layout
 
 __all__ = ["DEFAULT_PROMPTS", "DriveEnv", "DriveExpert", "ROUTES"]
 
@@ -78,7 +78,7 @@ _OBSTACLES = ("wall_app", "wall_str", "wall_lft", "wall_rgt", "cone_red", "cone_
 
 
 class DriveEnv(gym.Env):
-    """A prompted driving task at an X intersection (see the module docstring for the spaces)."""
+    """A prompted driving task at an X intersection behind a bend (see the module docstring for the spaces)."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
@@ -123,6 +123,7 @@ class DriveEnv(gym.Env):
         self._is_obstacle = np.zeros(m.ngeom, bool)
         self._is_obstacle[[m.geom(n).id for n in _OBSTACLES]] = True
         self._world_mat = m.material("world").id
+        self._world_geoms = [m.geom(f"world_{k}").id for k in range(len(BENDS))]
         self._renderer: MultiCamRenderer | None = None
         self._frames: list[np.ndarray] | None = None
 
@@ -153,7 +154,6 @@ class DriveEnv(gym.Env):
         texts = self.prompt_templates[self.route]
         self.prompt = texts[int(self.np_random.integers(len(texts)))]
         self.path = route_path(self.route, self.layout)
-        self._goals = goal_boxes(self.layout)
         self._apply_layout(self.layout)
         self._completion, self._s_start = 0.0, 0.0
         self._s_start = self._progress()[0]
@@ -162,7 +162,13 @@ class DriveEnv(gym.Env):
 
     def _apply_layout(self, lay: Layout) -> None:
         m, d = self.model, self.data
-        m.body_pos[m.body("cone_red").id] = (lay.cone_x, CONE_Y, 0.0)
+        m.body_pos[m.body("cone_red").id] = (*lay.cone, 0.0)
+        for k, g in enumerate(self._world_geoms):  # show the world with this layout's bend only
+            m.geom_rgba[g, 3] = float(k == lay.bend)
+        (wx, wy), (dx, dy) = (v[0] for v in approach_frame(lay.bend, APPROACH_LEN + 0.3))
+        m.geom_pos[m.geom("wall_app").id] = (wx, wy, 0.5)
+        half = 0.5 * np.arctan2(dy, dx)
+        m.geom_quat[m.geom("wall_app").id] = (np.cos(half), 0.0, 0.0, np.sin(half))
         for name, (x, y), rgba in zip(("cone_a", "cone_b"), lay.cones, lay.cone_colors, strict=True):
             m.body_pos[m.body(name).id] = (x, y, 0.0)
             m.geom_rgba[m.geom(name).id] = rgba
@@ -197,8 +203,8 @@ class DriveEnv(gym.Env):
             collision = collision or self._crashed()
         self._frames = None
         x, y = d.qpos[0], d.qpos[1]
-        off_road = not on_road(x, y)
-        goal = self._goal_region(x, y)
+        off_road = not on_road(x, y, self.layout.bend)
+        goal = goal_region(self.layout, x, y)
         success = goal == self.route and abs(self.car_speed()) < STOPPED and not collision and not off_road
         before = self._completion
         self._completion = max(self._completion, self._progress()[1])
@@ -241,15 +247,9 @@ class DriveEnv(gym.Env):
         span = self.path.s_goal - self._s_start
         return s, float(np.clip((s - self._s_start) / max(span, 1e-6), 0.0, 1.0))
 
-    def _goal_region(self, x: float, y: float) -> str:
-        for name, (x0, x1, y0, y1) in self._goals.items():
-            if x0 <= x <= x1 and y0 <= y <= y1:
-                return name
-        return ""
-
     def _state(self) -> np.ndarray:
         x, y, yaw = self.car_pose()
-        lane_yaw, lateral = lane_frame(x, y)
+        lane_yaw, lateral = lane_frame(x, y, self.layout.bend)
         heading_err = (yaw - lane_yaw + np.pi) % (2 * np.pi) - np.pi
         steer = float(np.mean(self.data.qpos[self._steer_qpos]))
         state = np.array(

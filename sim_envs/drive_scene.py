@@ -1,5 +1,11 @@
 """The Drive-v0 world: the road network geometry, the compiled MuJoCo model, and a fast two-camera renderer.
 
+The approach road is straight for its last BEND_START metres before the intersection, then bends (an arc of
+one of BENDS: radius and angle, left or right, or no bend at all), then runs straight to its end wall. The
+painted world is compiled once per bend (the same static scenery plus that bend's approach); an episode
+shows one of them (the others have alpha 0, which MuJoCo skips when it builds the scene, so the world stays
+one draw call) and moves the approach's end wall, so reset never recompiles.
+
 Why one painted mesh: on a CPU rasteriser (Mesa llvmpipe) every geom costs one draw call of ~25 us at
 64x64, far more than its pixels. The static scenery (grass, asphalt, dashed centre lines, kerbs, stop
 line, chequered goal strips, end walls and a sky backdrop) is therefore one textured mesh whose faces
@@ -9,6 +15,8 @@ same scene into two viewports of one framebuffer and are read back with a single
 """
 
 from __future__ import annotations
+
+from functools import cache, lru_cache
 
 import mujoco
 import numpy as np
@@ -21,6 +29,12 @@ LANE = 1.5  # lane centre offset from the road axis
 ARM = 10.0  # the three branches end at walls this far from the centre
 APPROACH_END = -20.0  # the approach road starts (at a wall) here
 GOAL_D = 7.5  # goal strips sit this far from the centre on each branch
+APPROACH_LEN = -APPROACH_END - ROAD_HALF  # 17 m of approach road, measured along its axis from the intersection
+BEND_START = 2.5  # the approach is straight this long before the intersection (the right turn starts 1.5 m out)
+# The approach's bends as (angle rad, radius m); angle > 0 bends left for a car driving towards the intersection.
+BENDS: tuple[tuple[float, float], ...] = ((0.0, 0.0),) + tuple(
+    (sign * np.radians(deg), radius) for deg in (15, 30, 45) for radius in (12.0, 18.0) for sign in (1.0, -1.0)
+)
 
 PALETTE = {  # texture cells: name -> RGB in [0, 1]
     "grass": (0.36, 0.52, 0.30),
@@ -38,11 +52,62 @@ PALETTE = {  # texture cells: name -> RGB in [0, 1]
 _CELL = 8  # texture pixels per palette cell
 
 
-def on_road(x: float, y: float) -> bool:
-    """Whether a point lies on the drivable surface (the union of the two road strips)."""
-    horizontal = APPROACH_END <= x <= ARM and abs(y) <= ROAD_HALF
-    vertical = abs(x) <= ROAD_HALF and abs(y) <= ARM
-    return horizontal or vertical
+def approach_frame(bend: int, u: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+    """Points [N, 2] of the approach's axis at distances u [N] (m) from the intersection edge along it, and the
+    unit directions [N, 2] pointing away from the intersection there (closed form: straight, arc, straight)."""
+    ang, radius = BENDS[bend]
+    u = np.atleast_1d(np.asarray(u, float))
+    arc_len = abs(ang) * radius
+    k = 0.0 if ang == 0 else -np.sign(ang) / radius  # curvature going away (a left bend for the driver)
+    t = np.clip(u - BEND_START, 0.0, arc_len)  # distance run on the arc
+    phi = np.pi + k * t
+    rest = np.maximum(u - BEND_START - arc_len, 0.0)
+    x = -ROAD_HALF - np.minimum(u, BEND_START)
+    y = np.zeros_like(u)
+    if k:
+        x, y = x + np.sin(phi) / k, y - (np.cos(phi) + 1.0) / k
+    else:
+        x = x - t
+    d = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    return np.stack([x, y], axis=1) + rest[:, None] * d, d
+
+
+def approach_point(bend: int, u: np.ndarray | float, lat: np.ndarray | float) -> np.ndarray:
+    """World points [N, 2] at distance u along the approach and lat (m) to the left of its away direction
+    (lat > 0 is the incoming, right-hand lane of a car driving towards the intersection)."""
+    p, d = approach_frame(bend, u)
+    left = np.stack([-d[:, 1], d[:, 0]], axis=1)
+    return p + np.asarray(lat, float).reshape(-1, 1) * left
+
+
+@cache
+def _axis_samples(bend: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    u = np.arange(0.0, APPROACH_LEN + 1.0, 0.1)
+    p, d = approach_frame(bend, u)
+    return u, p, d
+
+
+@lru_cache(maxsize=8)  # a step asks for the same point up to three times (off road, goal, lane frame)
+def approach_coords(bend: int, x: float, y: float) -> tuple[float, float, float]:
+    """(u, lat, away heading rad) of a world point in the approach's frame (see approach_point)."""
+    u, p, d = _axis_samples(bend)
+    dx, dy = x - p[:, 0], y - p[:, 1]
+    i = int(np.argmin(dx * dx + dy * dy))
+    return (
+        float(u[i] + dx[i] * d[i, 0] + dy[i] * d[i, 1]),
+        float(dy[i] * d[i, 0] - dx[i] * d[i, 1]),
+        float(np.arctan2(d[i, 1], d[i, 0])),
+    )
+
+
+def on_road(x: float, y: float, bend: int = 0) -> bool:
+    """Whether a point lies on the drivable surface: the two crossing road strips or the (bent) approach."""
+    if -ROAD_HALF <= x <= ARM and abs(y) <= ROAD_HALF or abs(x) <= ROAD_HALF and abs(y) <= ARM:
+        return True
+    if x >= -ROAD_HALF:
+        return False
+    u, lat, _ = approach_coords(bend, x, y)
+    return 0.0 <= u <= APPROACH_LEN and abs(lat) <= ROAD_HALF
 
 
 class _MeshBuilder:
@@ -73,6 +138,28 @@ class _MeshBuilder:
         self.quad([(x0, y1, z0), (x0, y0, z0), (x0, y0, h), (x0, y1, h)], color)  # -x side
         self.quad([(x1, y0, z0), (x1, y1, z0), (x1, y1, h), (x1, y0, h)], color)  # +x side
 
+    def ribbon(
+        self, bend: int, u0: float, u1: float, l0: float, l1: float, z: float, color: str, h: float = 0.0
+    ) -> None:
+        """A strip of the approach between distances u0 < u1 and lateral offsets l0 < l1: flat at z, or a kerb
+        or wall of height h (top, both sides and both end caps). Straight runs are one piece and the arc is cut
+        every 0.15 rad: each triangle costs the CPU rasteriser time, so there are no more than the look needs."""
+        ang, radius = BENDS[bend]
+        n_arc = int(np.ceil(abs(ang) / 0.15))
+        knots = BEND_START + abs(ang) * radius * np.arange(n_arc + 1) / max(n_arc, 1)
+        us = np.concatenate([[u0], knots[(knots > u0 + 1e-6) & (knots < u1 - 1e-6)], [u1]])
+        n = len(us) - 1
+        a, c = approach_point(bend, us, l0), approach_point(bend, us, l1)
+        top = h if h > 0 else z
+        for i in range(n):
+            self.quad([(*a[i], top), (*a[i + 1], top), (*c[i + 1], top), (*c[i], top)], color)
+            if h > 0:
+                self.quad([(*a[i], 0.0), (*a[i + 1], 0.0), (*a[i + 1], h), (*a[i], h)], color)
+                self.quad([(*c[i + 1], 0.0), (*c[i], 0.0), (*c[i], h), (*c[i + 1], h)], color)
+        if h > 0:
+            self.quad([(*c[0], 0.0), (*a[0], 0.0), (*a[0], h), (*c[0], h)], color)
+            self.quad([(*a[n], 0.0), (*c[n], 0.0), (*c[n], h), (*a[n], h)], color)
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.array(self.verts, float), np.array(self.faces, np.int32), np.array(self.uv, float)
 
@@ -102,9 +189,8 @@ def car_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def _arms() -> list[tuple[np.ndarray, float, float]]:
-    """Each road arm as (unit direction away from the centre, start, end distance)."""
+    """Each branch (not the approach) as (unit direction away from the centre, start, end distance)."""
     return [
-        (np.array([-1.0, 0.0]), ROAD_HALF, -APPROACH_END),
         (np.array([1.0, 0.0]), ROAD_HALF, ARM),
         (np.array([0.0, 1.0]), ROAD_HALF, ARM),
         (np.array([0.0, -1.0]), ROAD_HALF, ARM),
@@ -125,7 +211,8 @@ def _rect_along(
 
 
 def static_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The painted static world: vertices [V,3], faces [F,3], texcoords [V,2], palette texture [h,w,3] uint8."""
+    """The painted static world but the approach: vertices [V,3], faces [F,3], texcoords [V,2], palette
+    texture [h,w,3] uint8."""
     b = _MeshBuilder()
     far = 60.0
     b.flat(-far, far, -far, far, 0.0, "grass")
@@ -136,7 +223,7 @@ def static_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         (-far, -far, far, -far),
     ]:  # sky backdrop, facing inwards
         b.quad([(x1, y1, -1.0), (x0, y0, -1.0), (x0, y0, 60.0), (x1, y1, 60.0)], "sky")
-    b.flat(APPROACH_END, ARM, -ROAD_HALF, ROAD_HALF, 0.01, "asphalt")
+    b.flat(-ROAD_HALF, ARM, -ROAD_HALF, ROAD_HALF, 0.01, "asphalt")
     b.flat(-ROAD_HALF, ROAD_HALF, -ARM, -ROAD_HALF, 0.01, "asphalt")
     b.flat(-ROAD_HALF, ROAD_HALF, ROAD_HALF, ARM, 0.01, "asphalt")
     for d, s0, s1 in _arms():
@@ -145,16 +232,27 @@ def static_mesh() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         for side in (-1.0, 1.0):  # raised kerbs
             _rect_along(b, d, s0, s1, side * ROAD_HALF, side * (ROAD_HALF + 0.2), 0.0, "kerb", h=0.12)
         _rect_along(b, d, s1, s1 + 0.6, -ROAD_HALF - 0.3, ROAD_HALF + 0.3, 0.0, "wall", h=1.0)
-        if d[0] < 0:  # stop line across the incoming lane of the approach
-            _rect_along(b, d, s0 + 0.05, s0 + 0.35, 0.0, ROAD_HALF, 0.02, "white")
-        else:  # chequered goal strip across the outgoing (right-hand) lane: 2 rows x 6 squares
-            for row in range(2):
-                for k in range(6):
-                    color = "white" if (row + k) % 2 else "green"
-                    sa = GOAL_D - 0.5 + 0.5 * row
-                    la = -ROAD_HALF + 0.5 * k
-                    _rect_along(b, d, sa, sa + 0.5, la, la + 0.5, 0.02, color)
+        for row in range(2):  # chequered goal strip across the outgoing (right-hand) lane: 2 rows x 6 squares
+            for k in range(6):
+                color = "white" if (row + k) % 2 else "green"
+                sa = GOAL_D - 0.5 + 0.5 * row
+                la = -ROAD_HALF + 0.5 * k
+                _rect_along(b, d, sa, sa + 0.5, la, la + 0.5, 0.02, color)
     return (*b.arrays(), palette_texture())
+
+
+def approach_mesh(bend: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The painted approach road of one bend: asphalt, dashed centre line, kerbs, stop line and end wall."""
+    b = _MeshBuilder()
+    b.ribbon(bend, 0.0, APPROACH_LEN, -ROAD_HALF, ROAD_HALF, 0.01, "asphalt")
+    for u in np.arange(0.5, APPROACH_LEN - 0.5, 2.5):  # dashed centre line: 1.5 m dash, 1 m gap
+        b.ribbon(bend, u, min(u + 1.5, APPROACH_LEN - 0.3), -0.08, 0.08, 0.02, "yellow")
+    for side in (-1.0, 1.0):
+        lo, hi = sorted((side * ROAD_HALF, side * (ROAD_HALF + 0.2)))
+        b.ribbon(bend, 0.0, APPROACH_LEN, lo, hi, 0.0, "kerb", h=0.12)
+    b.ribbon(bend, APPROACH_LEN, APPROACH_LEN + 0.6, -ROAD_HALF - 0.3, ROAD_HALF + 0.3, 0.0, "wall", h=1.0)
+    b.ribbon(bend, 0.05, 0.35, 0.0, ROAD_HALF, 0.02, "white")  # stop line across the incoming lane
+    return b.arrays()
 
 
 def build_model() -> mujoco.MjModel:
@@ -171,21 +269,32 @@ def build_model() -> mujoco.MjModel:
     car = spec.add_material(name="car")
     car.textures[mujoco.mjtTextureRole.mjTEXROLE_RGB] = "palette"
     car.specular = 0.0
-    for name, (v, f, t) in (("world", (verts, faces, uv)), ("car_look", car_mesh())):
+    meshes = [("car_look", car_mesh())]
+    for k in range(len(BENDS)):  # the static scenery plus this bend's approach road, one mesh
+        av, af, auv = approach_mesh(k)
+        meshes.append(
+            (
+                f"world_{k}",
+                (np.concatenate([verts, av]), np.concatenate([faces, af + len(verts)]), np.concatenate([uv, auv])),
+            )
+        )
+    for name, (v, f, t) in meshes:
         mesh = spec.add_mesh(
             name=name, uservert=v.ravel().tolist(), userface=f.ravel().tolist(), usertexcoord=t.ravel().tolist()
         )
         mesh.inertia = mujoco.mjtMeshInertia.mjMESH_INERTIA_SHELL
-    spec.worldbody.add_geom(
-        name="world",
-        type=mujoco.mjtGeom.mjGEOM_MESH,
-        meshname="world",
-        material="world",
-        contype=0,
-        conaffinity=0,
-        group=1,
-        mass=0,
-    )
+    for k in range(len(BENDS)):  # one visible per episode (DriveEnv sets the alphas)
+        spec.worldbody.add_geom(
+            name=f"world_{k}",
+            type=mujoco.mjtGeom.mjGEOM_MESH,
+            meshname=f"world_{k}",
+            material="world",
+            rgba=(1.0, 1.0, 1.0, float(k == 0)),
+            contype=0,
+            conaffinity=0,
+            group=1,
+            mass=0,
+        )
     for body, rgba in (
         ("car", (0.95, 0.45, 0.1, 1.0)),
         ("parked_a", (1.0, 1.0, 1.0, 1.0)),

@@ -1,9 +1,10 @@
 """Routes, goal regions and per-episode layouts of the Drive-v0 intersection (pure geometry, no MuJoCo).
 
-The road network is fixed (see ``drive_scene``); an episode varies where the car starts on the approach
-(so the straight into the intersection has a random length), where the red cone stands, where the two
-distractor cones and the two parked cars are, their colours and the world's brightness. Every route is
-drivable in every layout, so only the prompt tells which one is asked for.
+The intersection and its three branches are fixed (see ``drive_scene``); an episode varies how the approach
+road bends (straight, then an arc of random radius and angle to the left or right, or none, then straight
+into the intersection), where the car starts on it, where the red cone stands, where the two distractor
+cones and the two parked cars are, their colours and the world's brightness. Every route is drivable in
+every layout, so only the prompt tells which one is asked for.
 """
 
 from __future__ import annotations
@@ -12,12 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from robotok.sim_envs.drive_scene import APPROACH_END, ARM, GOAL_D, LANE, ROAD_HALF
+from robotok.sim_envs.drive_scene import (
+    APPROACH_LEN,
+    ARM,
+    BEND_START,
+    BENDS,
+    GOAL_D,
+    LANE,
+    ROAD_HALF,
+    approach_coords,
+    approach_frame,
+    approach_point,
+)
 
 ROUTES = ("end", "left", "right", "stop")
 TURN_R = 3.0  # radius of both turns' centrelines (right lane to right lane)
-CONE_Y = -(ROAD_HALF - 0.2)  # the red cone stands at the right edge of the approach
-STOP_BEFORE = (1.6, 3.8)  # the stop goal: car centre this far (m) before the red cone
+CONE_LAT = ROAD_HALF - 0.2  # the red cone stands at the right edge of the approach (see approach_point)
+STOP_BEFORE = (1.6, 3.8)  # the stop goal: car centre this far (m, along the approach) before the red cone
+STRAIGHT_P = 0.15  # share of layouts whose approach does not bend
 GOAL_HALF = 1.0  # branch goal regions: car centre within this distance (m) of the goal strip
 DISTRACTOR_COLORS = ((0.1, 0.3, 0.9, 1.0), (0.95, 0.85, 0.1, 1.0), (0.55, 0.2, 0.75, 1.0))
 PARKED_COLORS = (
@@ -35,8 +48,10 @@ _ARMS = {"app": (-1.0, 0.0), "str": (1.0, 0.0), "lft": (0.0, 1.0), "rgt": (0.0, 
 class Layout:
     """Everything an episode varies, drawn from the env's RNG at reset."""
 
+    bend: int  # index into drive_scene.BENDS: how the approach road bends
     start: tuple[float, float, float]  # car centre x, y (m) and yaw (rad)
-    cone_x: float  # the red cone's x on the approach (its y is CONE_Y)
+    cone_u: float  # the red cone's distance from the intersection along the approach
+    cone: tuple[float, float]  # the red cone's x, y
     cones: tuple[tuple[float, float], ...]  # distractor cones (x, y)
     cone_colors: tuple[tuple[float, ...], ...]
     parked: tuple[tuple[float, float, float], ...]  # parked cars (x, y, yaw)
@@ -45,28 +60,34 @@ class Layout:
     expert_seed: int  # seeds the scripted expert's perturbations
 
 
-def _edge_point(rng: np.random.Generator, arm: str, side: float, s_lo: float, s_hi: float, lateral: float):
-    d = np.array(_ARMS[arm])
-    left = np.array([-d[1], d[0]])
-    p = d * rng.uniform(s_lo, s_hi) + left * side * lateral
-    return float(p[0]), float(p[1])
+def _edge_point(rng: np.random.Generator, bend: int, arm: str, side: float, s_lo: float, s_hi: float, lateral: float):
+    """A point s in [s_lo, s_hi] m from the centre along an arm, lateral to one side, and the arm's heading there."""
+    s = rng.uniform(s_lo, s_hi)
+    if arm == "app":  # along the (bent) approach: s - ROAD_HALF from the intersection's edge
+        p, d = (v[0] for v in approach_frame(bend, s - ROAD_HALF))
+    else:
+        d = np.array(_ARMS[arm])
+        p = d * s
+    p = p + np.array([-d[1], d[0]]) * side * lateral
+    return (float(p[0]), float(p[1])), float(np.arctan2(d[1], d[0]))
 
 
 def sample_layout(rng: np.random.Generator) -> Layout:
     """Draw one layout; the draws happen in a fixed order so a seed fixes the layout whatever the route."""
-    x0 = -ROAD_HALF - rng.uniform(8.0, 13.0)
-    start = (x0, -LANE + rng.uniform(-0.3, 0.3), rng.uniform(-0.08, 0.08))
-    cone_x = rng.uniform(x0 + 5.5, -5.5)
+    bend = 0 if rng.random() < STRAIGHT_P else 1 + int(rng.integers(len(BENDS) - 1))
+    u0 = rng.uniform(8.0, 13.0)  # start distance from the intersection along the approach
+    away = approach_frame(bend, u0)[1]
+    (x0, y0), yaw0 = approach_point(bend, u0, LANE + rng.uniform(-0.3, 0.3))[0], np.arctan2(away[0, 1], away[0, 0])
+    start = (x0, y0, yaw0 + np.pi + rng.uniform(-0.08, 0.08))  # in the incoming lane, facing the intersection
+    cone_u = float(rng.uniform(2.5, u0 - 5.5))
+    cone = tuple(float(c) for c in approach_point(bend, cone_u, CONE_LAT)[0])
     cones: list[tuple[float, float]] = []
     while len(cones) < 2:  # distractors on road edges, clear of the turns, the red cone and each other
         arm = ("app", "str", "lft", "rgt")[rng.integers(4)]
         side = (-1.0, 1.0)[rng.integers(2)]
-        lo, hi = (5.5, -x0 - 2.0) if arm == "app" else (4.5, ARM - 1.0)
-        p = _edge_point(rng, arm, side, lo, hi, -CONE_Y)
-        clear = [
-            np.hypot(p[0] - q[0], p[1] - q[1]) > (3.0 if k == 0 else 2.0)
-            for k, q in enumerate([(cone_x, CONE_Y), *cones])
-        ]
+        lo, hi = (5.5, u0 + ROAD_HALF - 2.0) if arm == "app" else (4.5, ARM - 1.0)
+        p, _ = _edge_point(rng, bend, arm, side, lo, hi, CONE_LAT)
+        clear = [np.hypot(p[0] - q[0], p[1] - q[1]) > (3.0 if k == 0 else 2.0) for k, q in enumerate([cone, *cones])]
         if all(clear):
             cones.append(p)
     slots = [(a, s) for a in _ARMS for s in (-1.0, 1.0)]
@@ -74,15 +95,16 @@ def sample_layout(rng: np.random.Generator) -> Layout:
     parked = []
     for k in picks:
         arm, side = slots[int(k)]
-        lo, hi = (5.0, -APPROACH_END - 3.0) if arm == "app" else (4.8, ARM - 1.5)
-        x, y = _edge_point(rng, arm, side, lo, hi, ROAD_HALF + 1.3)
-        yaw = float(np.arctan2(_ARMS[arm][1], _ARMS[arm][0]) + np.pi * rng.integers(2))
-        parked.append((x, y, yaw))
+        lo, hi = (5.0, APPROACH_LEN) if arm == "app" else (4.8, ARM - 1.5)
+        (x, y), yaw = _edge_point(rng, bend, arm, side, lo, hi, ROAD_HALF + 1.3)
+        parked.append((x, y, float(yaw + np.pi * rng.integers(2))))
     cone_colors = tuple(DISTRACTOR_COLORS[int(i)] for i in rng.integers(len(DISTRACTOR_COLORS), size=2))
     parked_colors = tuple(PARKED_COLORS[int(i)] for i in rng.choice(len(PARKED_COLORS), size=2, replace=False))
     return Layout(
-        start=start,
-        cone_x=float(cone_x),
+        bend=bend,
+        start=(float(start[0]), float(start[1]), float((start[2] + np.pi) % (2 * np.pi) - np.pi)),
+        cone_u=cone_u,
+        cone=cone,
         cones=tuple(cones),
         cone_colors=cone_colors,
         parked=tuple(parked),
@@ -115,53 +137,64 @@ class RoutePath:
 
 
 def route_path(route: str, layout: Layout) -> RoutePath:
-    """The centreline of the right-hand lane from the start of the approach to a bit past the goal."""
-    a = (APPROACH_END, -LANE)
+    """The centreline of the right-hand lane from the approach's end wall to a bit past the goal."""
+    u_app = np.arange(APPROACH_LEN, BEND_START - 1e-9, -0.1)  # along the (bent) approach, towards the centre
+    a = (-ROAD_HALF - BEND_START, -LANE)  # where the approach's straight run into the intersection begins
+    parts = [approach_point(layout.bend, u_app, LANE)]
     if route in ("end", "stop"):
-        parts = [np.asarray([a]), _line(a, (ARM - 0.5, -LANE))]
-        turn_pts = 0
+        parts.append(_line(a, (ARM - 0.5, -LANE)))
     elif route == "left":
-        parts = [np.asarray([a]), _line(a, (-LANE, -LANE))]
-        turn_pts = len(parts[1]) + 1
+        parts.append(_line(a, (-LANE, -LANE)))
         parts.append(_arc((-LANE, -LANE + TURN_R), TURN_R, -np.pi / 2, 0.0))
         parts.append(_line((LANE, LANE), (LANE, ARM - 0.5)))
     elif route == "right":
         c = (-LANE - TURN_R, -LANE - TURN_R)
-        parts = [np.asarray([a]), _line(a, (c[0], -LANE))]
-        turn_pts = len(parts[1]) + 1
+        parts.append(_line(a, (c[0], -LANE)))
         parts.append(_arc(c, TURN_R, np.pi / 2, 0.0))
         parts.append(_line((-LANE, c[1]), (-LANE, -ARM + 0.5)))
     else:
         raise ValueError(f"unknown route {route!r}; routes are {ROUTES}")
+    turn_pts = len(parts[0]) + len(parts[1]) if route in ("left", "right") else 0
     pts = np.concatenate(parts)
     s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
     turn = (float(s[turn_pts - 1]), float(s[turn_pts - 1] + np.pi / 2 * TURN_R)) if turn_pts else (0.0, 0.0)
-    if route == "stop":
-        s_goal = layout.cone_x - sum(STOP_BEFORE) / 2 - APPROACH_END
+    if route == "stop":  # the car centre midway through the stop region, measured along the approach
+        u_goal = layout.cone_u + sum(STOP_BEFORE) / 2
+        s_goal = float(np.interp(-u_goal, -u_app, s[: len(u_app)]))
     else:
         s_goal = float(s[-1]) - (ARM - 0.5 - GOAL_D)
-    return RoutePath(points=pts, s=s, s_goal=float(s_goal), turn=turn)
+    return RoutePath(points=pts, s=s, s_goal=s_goal, turn=turn)
 
 
-def goal_boxes(layout: Layout) -> dict[str, tuple[float, float, float, float]]:
-    """Each route's goal region for the car centre as (x_min, x_max, y_min, y_max), in its right-hand lane."""
+def goal_region(layout: Layout, x: float, y: float) -> str:
+    """The route whose goal region holds the car centre (x, y), or "": a chequered strip's stretch of a branch's
+    right-hand lane, or the approach's incoming lane 1.6-3.8 m before the red cone."""
     lo, hi = GOAL_D - GOAL_HALF, GOAL_D + GOAL_HALF
-    return {
-        "end": (lo, hi, -ROAD_HALF, 0.0),
-        "left": (0.0, ROAD_HALF, lo, hi),
-        "right": (-ROAD_HALF, 0.0, -hi, -lo),
-        "stop": (layout.cone_x - STOP_BEFORE[1], layout.cone_x - STOP_BEFORE[0], -ROAD_HALF, 0.0),
-    }
+    if lo <= x <= hi and -ROAD_HALF <= y <= 0.0:
+        return "end"
+    if 0.0 <= x <= ROAD_HALF and lo <= y <= hi:
+        return "left"
+    if -ROAD_HALF <= x <= 0.0 and -hi <= y <= -lo:
+        return "right"
+    if x < -ROAD_HALF:
+        u, lat, _ = approach_coords(layout.bend, x, y)
+        if layout.cone_u + STOP_BEFORE[0] <= u <= layout.cone_u + STOP_BEFORE[1] and 0.0 <= lat <= ROAD_HALF:
+            return "stop"
+    return ""
 
 
-def lane_frame(x: float, y: float) -> tuple[float, float]:
+def lane_frame(x: float, y: float, bend: int = 0) -> tuple[float, float]:
     """The heading (rad) of the right-hand lane at a point and the point's offset from its centre (m, + left).
 
-    Route-agnostic on purpose: on the branches the lane leads away from the intersection, elsewhere
-    (approach, intersection, straight branch) it runs along +x, so the state never reveals the route.
+    Route-agnostic on purpose: on the branches the lane leads away from the intersection, on the approach it
+    follows the bend towards the intersection, elsewhere (intersection, straight branch) it runs along +x, so
+    the state never reveals the route.
     """
     if abs(x) <= ROAD_HALF and y > ROAD_HALF:
         return np.pi / 2, LANE - x
     if abs(x) <= ROAD_HALF and y < -ROAD_HALF:
         return -np.pi / 2, x + LANE
+    if x < -ROAD_HALF:
+        _, lat, away = approach_coords(bend, x, y)
+        return float((away + 2 * np.pi) % (2 * np.pi) - np.pi), LANE - lat
     return 0.0, y + LANE

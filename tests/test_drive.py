@@ -10,7 +10,8 @@ from gymnasium.utils.env_checker import check_env
 import robotok.sim_envs  # noqa: F401  (registers the ids)
 from robotok.sim_envs import make_expert
 from robotok.sim_envs.drive import DEFAULT_PROMPTS, ROUTES, STATE_DIM, DriveEnv, DriveExpert
-from robotok.sim_envs.drive_track import route_path
+from robotok.sim_envs.drive_scene import APPROACH_LEN, BENDS, approach_frame, approach_point, on_road
+from robotok.sim_envs.drive_track import lane_frame, route_path
 
 
 def run_episode(env: gym.Env, expert, max_steps: int = 400) -> tuple[dict, int]:
@@ -192,3 +193,31 @@ def test_async_vector_env() -> None:
         obs, _, _, _, infos = envs.step(np.tile(np.array([0.0, 0.5], np.float32), (2, 1)))
     assert not np.array_equal(obs["pixels"]["top"][0], obs["pixels"]["top"][1])  # different seeds, layouts
     envs.close()
+
+
+def test_curved_approaches_both_ways_and_the_expert_follows_them() -> None:
+    """Layouts bend the approach left and right (and sometimes not at all) across seeds; the road, the lane
+    frame and the off-road test follow the bend, and the expert drives every route through left and right bends."""
+    env = DriveEnv(cameras=())
+    kinds: dict[int, list[int]] = {-1: [], 0: [], 1: []}
+    for seed in range(40):
+        env.reset(seed=seed)
+        kinds[int(np.sign(BENDS[env.unwrapped.layout.bend][0]))].append(seed)
+    assert all(kinds.values()), kinds
+    for sign in (-1, 1):
+        seed = kinds[sign][0]
+        env.reset(seed=seed)
+        ang, radius = BENDS[env.layout.bend]
+        assert radius >= 12.0 and 0.2 < abs(ang) < 0.9
+        (x, y), (dx, dy) = (v[0] for v in approach_frame(env.layout.bend, APPROACH_LEN - 1.0))
+        assert np.sign(dy) == sign and on_road(x, y, env.layout.bend)  # the far end lies off the old straight
+        assert not on_road(x, y, 0) and not on_road(x - 4.0 * dy, y + 4.0 * dx, env.layout.bend)
+        heading, lateral = lane_frame(*approach_point(env.layout.bend, 6.0, 1.5 + 0.4)[0], env.layout.bend)
+        away = approach_frame(env.layout.bend, 6.0)[1][0]  # past the bend start: the lane heads along the bend
+        assert abs(lateral + 0.4) < 1e-6 and np.allclose((np.cos(heading), np.sin(heading)), -away, atol=1e-6)
+        assert abs(heading) > 0.05
+        for route in ROUTES:
+            env.reset(seed=seed, options={"route": route})
+            info, _ = run_episode(env, DriveExpert(env))
+            assert info["is_success"] and info["goal_region"] == route, (seed, route, info)
+            assert info["route_completion"] > 0.95
