@@ -45,8 +45,10 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         if self.chunks < 2 or self.episode_steps < 1 or self.threads < 1 or self.episodes < 0:
-            raise ValueError(f"chunks {self.chunks} (>= 2), episode_steps {self.episode_steps}, threads "
-                             f"{self.threads} (>= 1), episodes {self.episodes} (>= 0)")
+            raise ValueError(
+                f"chunks {self.chunks} (>= 2), episode_steps {self.episode_steps}, threads "
+                f"{self.threads} (>= 1), episodes {self.episodes} (>= 0)"
+            )
 
 
 def observations(env_id: str, n: int, per_episode: int) -> list[tuple[bool, dict]]:
@@ -97,20 +99,35 @@ def latency(cfg: BenchConfig, bundles: dict[str, Path]) -> dict[str, dict[str, f
     for name, p in policies.items():
         lat = p.chunk_latencies_ms[2:]
         same = np.mean([a == b for a, b in zip(ids[name], ids["torch eager"], strict=True)])
-        diff = float(np.mean([np.abs(a - b).max() for a, b in zip(actions[name], actions["torch eager"],
-                                                                   strict=True)]))
-        out[name] = {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "speedup_p50": pct(base, 50) / pct(lat, 50),
-                     "speedup_p99": pct(base, 99) / pct(lat, 99), "ids_equal_torch": float(same),
-                     "mean_max_abs_action_diff": diff, "tokens_per_chunk": statistics.mean(map(len, ids[name]))}
+        diff = float(np.mean([np.abs(a - b).max() for a, b in zip(actions[name], actions["torch eager"], strict=True)]))
+        out[name] = {
+            "p50_ms": pct(lat, 50),
+            "p99_ms": pct(lat, 99),
+            "speedup_p50": pct(base, 50) / pct(lat, 50),
+            "speedup_p99": pct(base, 99) / pct(lat, 99),
+            "ids_equal_torch": float(same),
+            "mean_max_abs_action_diff": diff,
+            "tokens_per_chunk": statistics.mean(map(len, ids[name])),
+        }
     return out
 
 
 def success(cfg: BenchConfig, bundles: dict[str, Path]) -> dict[str, dict]:
     from robotok.evaluate.cli import EvalConfig, run
 
-    report = run(EvalConfig(policy=str(bundles["fp32"]), compare=str(bundles["int8"]), env=(cfg.env,),
-                            episodes=cfg.episodes, out=cfg.out / "eval", workers=1, threads=cfg.threads, videos=0,
-                            progress=True))
+    report = run(
+        EvalConfig(
+            policy=str(bundles["fp32"]),
+            compare=str(bundles["int8"]),
+            env=(cfg.env,),
+            episodes=cfg.episodes,
+            out=cfg.out / "eval",
+            workers=1,
+            threads=cfg.threads,
+            videos=0,
+            progress=True,
+        )
+    )
     res = report["results"][cfg.env]
     return {k: res[b.resolve().name]["overall"] for k, b in bundles.items()}
 
@@ -121,8 +138,10 @@ def main() -> None:
     cfg = tyro.cli(BenchConfig)
     os.environ.setdefault("OMP_NUM_THREADS", str(cfg.threads))
     if not (cfg.checkpoint / "config.json").is_file():
-        raise SystemExit(f"export_speed: error: --checkpoint {cfg.checkpoint} is not a checkpoint directory "
-                         "(no config.json); train one with robotok-train")
+        raise SystemExit(
+            f"export_speed: error: --checkpoint {cfg.checkpoint} is not a checkpoint directory "
+            "(no config.json); train one with robotok-train"
+        )
     from robotok.policy.export import export_bundle
 
     bundles = {k: export_bundle(cfg.checkpoint, cfg.out / f"bundle_{k}", int8=k == "int8") for k in ("fp32", "int8")}
@@ -132,19 +151,25 @@ def main() -> None:
         print(f"bundle {k}: {mb:.1f} MB, check {m['check']}")
     lat = latency(cfg, bundles)
     print(f"\nper-chunk latency, {cfg.chunks} chunks of {cfg.env}, {cfg.threads} threads ({os.cpu_count()} CPUs):")
-    print(f"{'policy':18s} {'p50 ms':>8s} {'p99 ms':>8s} {'x p50':>6s} {'x p99':>6s} {'ids=torch':>9s} "
-          f"{'|da| max':>9s} {'ids/chunk':>9s}")
+    print(
+        f"{'policy':18s} {'p50 ms':>8s} {'p99 ms':>8s} {'x p50':>6s} {'x p99':>6s} {'ids=torch':>9s} "
+        f"{'|da| max':>9s} {'ids/chunk':>9s}"
+    )
     for name, r in lat.items():
-        print(f"{name:18s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_p50']:6.2f} {r['speedup_p99']:6.2f} "
-              f"{r['ids_equal_torch']:9.1%} {r['mean_max_abs_action_diff']:9.2e} {r['tokens_per_chunk']:9.1f}")
+        print(
+            f"{name:18s} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['speedup_p50']:6.2f} {r['speedup_p99']:6.2f} "
+            f"{r['ids_equal_torch']:9.1%} {r['mean_max_abs_action_diff']:9.2e} {r['tokens_per_chunk']:9.1f}"
+        )
     result = {"config": {k: str(v) for k, v in vars(cfg).items()}, "latency": lat}
     if cfg.episodes:
         succ = success(cfg, bundles)
         (lo, _), rate = succ["fp32"]["eval/success_ci95"], succ["int8"]["eval/success_rate"]
         for k, m in succ.items():
             ci = m["eval/success_ci95"]
-            print(f"success {k}: {m['eval/success_rate']:.1%} [{ci[0]:.1%}, {ci[1]:.1%}] over {m['eval/episodes']} "
-                  f"episodes, decode failures {m['eval/decode_failures']}")
+            print(
+                f"success {k}: {m['eval/success_rate']:.1%} [{ci[0]:.1%}, {ci[1]:.1%}] over {m['eval/episodes']} "
+                f"episodes, decode failures {m['eval/decode_failures']}"
+            )
         verdict = "PASS" if rate >= lo else "FAIL"
         print(f"int8 success {rate:.1%} vs fp32 Wilson lower bound {lo:.1%}: {verdict}")
         result["success"] = {**succ, "int8_within_wilson": rate >= lo}

@@ -59,13 +59,27 @@ def main() -> None:
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"benchmarks/imagine.py: error: {e}") from None
     out = Path(cfg.out)
-    sections, results = [f"# Imagined vs simulated frames: `{Path(cfg.policy).name}`, {cfg.seeds} seeds, "
-                         f"{cfg.steps} chunks, state {cfg.state}\n"], {}
+    sections, results = (
+        [
+            f"# Imagined vs simulated frames: `{Path(cfg.policy).name}`, {cfg.seeds} seeds, "
+            f"{cfg.steps} chunks, state {cfg.state}\n"
+        ],
+        {},
+    )
     for env_id in cfg.envs:
         name = env_id.split("/")[-1]
         t0 = time.perf_counter()
-        icfg = ImagineConfig(policy=cfg.policy, env=env_id, seed=cfg.seed, seeds=cfg.seeds, steps=cfg.steps,
-                             out=str(out / name), state=cfg.state, videos=1, device=cfg.device)
+        icfg = ImagineConfig(
+            policy=cfg.policy,
+            env=env_id,
+            seed=cfg.seed,
+            seeds=cfg.seeds,
+            steps=cfg.steps,
+            out=str(out / name),
+            state=cfg.state,
+            videos=1,
+            device=cfg.device,
+        )
         try:
             m = run_imagine(icfg, wm=wm)
         except ValueError as e:  # e.g. the checkpoint was trained on the other task only
@@ -78,9 +92,14 @@ def main() -> None:
             f"chunk = {m['n_action_steps']} steps at {m['fps']:g} Hz; the model beats copy-last at every step up to "
             f"{s['imagine/beats_copy_last_until_s']:.2f} s; mean PSNR model {s['imagine/psnr_model']:.2f} dB, "
             f"copy-last {s['imagine/psnr_copy_last']:.2f} dB, tokenizer ceiling {s['imagine/psnr_tokenizer']:.2f} dB; "
-            f"decode failures {s['imagine/decode_failures']}; {time.perf_counter() - t0:.0f} s\n")
-        results[env_id] = {"horizon": m["horizon"], "summary": s, "n_action_steps": m["n_action_steps"],
-                           "fps": m["fps"]}
+            f"decode failures {s['imagine/decode_failures']}; {time.perf_counter() - t0:.0f} s\n"
+        )
+        results[env_id] = {
+            "horizon": m["horizon"],
+            "summary": s,
+            "n_action_steps": m["n_action_steps"],
+            "fps": m["fps"],
+        }
     text = "\n".join(sections)
     print(text)
     out.mkdir(parents=True, exist_ok=True)

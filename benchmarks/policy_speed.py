@@ -26,8 +26,9 @@ VOCAB = 2048  # about the joint token space of the demo tasks
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 
-def train_tokens_per_s(model: Transformer, batch: int, seq: int, dtype: torch.dtype | None, steps: int,
-                       device: str) -> float:
+def train_tokens_per_s(
+    model: Transformer, batch: int, seq: int, dtype: torch.dtype | None, steps: int, device: str
+) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device == "cuda" or None)
     x = torch.randint(0, VOCAB, (batch, seq + 1), device=device)
 
@@ -81,8 +82,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
-          f"{args.threads} threads")
+    print(
+        f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}, {args.threads} threads"
+    )
 
     # 1. CPU training throughput, fp32 vs bf16 autocast, interleaved rounds
     model = Transformer(preset("tiny", vocab_size=VOCAB, max_seq_len=512))
@@ -92,9 +94,11 @@ def main() -> None:
         rates["bf16"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu"))
     # best of the rounds: other processes on the machine only ever slow a round down
     fp32, bf16 = max(rates["fp32"]), max(rates["bf16"])
-    print(f"train  tiny ({model.num_params() / 1e6:.2f}M params) batch 8x256 on CPU: fp32 {fp32:,.0f} tokens/s, "
-          f"bf16 autocast {bf16:,.0f} tokens/s, bf16/fp32 = {bf16 / fp32:.2f}x (best of {args.train_rounds}; "
-          f"medians {statistics.median(rates['fp32']):,.0f} / {statistics.median(rates['bf16']):,.0f})")
+    print(
+        f"train  tiny ({model.num_params() / 1e6:.2f}M params) batch 8x256 on CPU: fp32 {fp32:,.0f} tokens/s, "
+        f"bf16 autocast {bf16:,.0f} tokens/s, bf16/fp32 = {bf16 / fp32:.2f}x (best of {args.train_rounds}; "
+        f"medians {statistics.median(rates['fp32']):,.0f} / {statistics.median(rates['bf16']):,.0f})"
+    )
 
     # 2. per-chunk generation latency with and without the KV cache
     for name in ("tiny", "small"):
@@ -105,10 +109,12 @@ def main() -> None:
             chunk_latency(m, prompt, args.gen, cached)  # warm-up
             res[cached] = [chunk_latency(m, prompt, args.gen, cached) for _ in range(args.reps)]
         w, wo = res[True], res[False]
-        print(f"chunk  {name:5s} ({m.num_params() / 1e6:.2f}M) {args.gen} tokens after {args.prompt}: "
-              f"KV cache p50 {pct(w, .5) * 1e3:.1f} ms p99 {pct(w, .99) * 1e3:.1f} ms; "
-              f"no cache p50 {pct(wo, .5) * 1e3:.1f} ms p99 {pct(wo, .99) * 1e3:.1f} ms; "
-              f"speed-up {pct(wo, .5) / pct(w, .5):.1f}x (p50)")
+        print(
+            f"chunk  {name:5s} ({m.num_params() / 1e6:.2f}M) {args.gen} tokens after {args.prompt}: "
+            f"KV cache p50 {pct(w, 0.5) * 1e3:.1f} ms p99 {pct(w, 0.99) * 1e3:.1f} ms; "
+            f"no cache p50 {pct(wo, 0.5) * 1e3:.1f} ms p99 {pct(wo, 0.99) * 1e3:.1f} ms; "
+            f"speed-up {pct(wo, 0.5) / pct(w, 0.5):.1f}x (p50)"
+        )
 
     # 3. GPU: bf16 training throughput and MFU
     if not torch.cuda.is_available():
@@ -121,8 +127,10 @@ def main() -> None:
         seq = 1024
         tps = train_tokens_per_s(m, batch, seq, torch.bfloat16, 10, "cuda")
         mfu = f"{6 * m.num_params() * tps / peak:.1%}" if peak else "n/a (unknown peak)"
-        print(f"gpu    {name:5s} ({m.num_params() / 1e6:.1f}M) on {gpu}, batch {batch}x{seq} bf16: "
-              f"{tps:,.0f} tokens/s, MFU {mfu}")
+        print(
+            f"gpu    {name:5s} ({m.num_params() / 1e6:.1f}M) on {gpu}, batch {batch}x{seq} bf16: "
+            f"{tps:,.0f} tokens/s, MFU {mfu}"
+        )
         del m
         torch.cuda.empty_cache()
 

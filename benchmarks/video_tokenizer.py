@@ -98,7 +98,7 @@ def frames_per_s(fn, inputs: np.ndarray, batch: int, min_frames: int) -> float:
     n, t = 0, time.perf_counter()
     while n < min_frames:
         for i in range(0, len(inputs) - batch + 1, batch):
-            fn(inputs[i:i + batch])
+            fn(inputs[i : i + batch])
             n += batch
             if n >= min_frames:
                 break
@@ -129,11 +129,18 @@ def main() -> None:
         train_cfg = json.loads((cfg.tokenizer / "eval.json").read_text()).get("config", {})
     holdout, seed = float(train_cfg.get("holdout", 0.1)), int(train_cfg.get("seed", 0))
     bits = tok.bits_per_frame
-    print(f"tokenizer {cfg.tokenizer}: {tok.tokens_per_frame} tokens/frame x log2({tok.vocab_size}) = {bits:.0f} "
-          f"bits = {bits / 8:.0f} bytes per frame; held-out share {holdout}, seed {seed}; "
-          f"torch threads {torch.get_num_threads()}")
-    report: dict = {"tokenizer": str(cfg.tokenizer), "tokens_per_frame": tok.tokens_per_frame,
-                    "vocab_size": tok.vocab_size, "bits_per_frame": bits, "datasets": {}}
+    print(
+        f"tokenizer {cfg.tokenizer}: {tok.tokens_per_frame} tokens/frame x log2({tok.vocab_size}) = {bits:.0f} "
+        f"bits = {bits / 8:.0f} bytes per frame; held-out share {holdout}, seed {seed}; "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    report: dict = {
+        "tokenizer": str(cfg.tokenizer),
+        "tokens_per_frame": tok.tokens_per_frame,
+        "vocab_size": tok.vocab_size,
+        "bits_per_frame": bits,
+        "datasets": {},
+    }
     grid_rows, all_ids, held = [], [], []
     for root in cfg.dataset:
         frames = held_out_frames(root, cfg, holdout, seed)
@@ -145,17 +152,30 @@ def main() -> None:
         jpg, jpg_bytes, jpg_q = jpeg(frames, bits / 8)
         r = {
             "frames": len(frames),
-            "tokenizer": {"psnr_db": float(psnr(frames, rec).mean()), "ssim": float(ssim(frames, rec).mean()),
-                          "bits_per_frame": bits, **codebook_usage(ids, tok.vocab_size)},
-            "bicubic": {"psnr_db": float(psnr(frames, bic).mean()), "ssim": float(ssim(frames, bic).mean()),
-                        "bits_per_frame": bic_bits},
-            "jpeg": {"psnr_db": float(psnr(frames, jpg).mean()), "ssim": float(ssim(frames, jpg).mean()),
-                     "bits_per_frame": 8 * jpg_bytes, "mean_quality": jpg_q},
+            "tokenizer": {
+                "psnr_db": float(psnr(frames, rec).mean()),
+                "ssim": float(ssim(frames, rec).mean()),
+                "bits_per_frame": bits,
+                **codebook_usage(ids, tok.vocab_size),
+            },
+            "bicubic": {
+                "psnr_db": float(psnr(frames, bic).mean()),
+                "ssim": float(ssim(frames, bic).mean()),
+                "bits_per_frame": bic_bits,
+            },
+            "jpeg": {
+                "psnr_db": float(psnr(frames, jpg).mean()),
+                "ssim": float(ssim(frames, jpg).mean()),
+                "bits_per_frame": 8 * jpg_bytes,
+                "mean_quality": jpg_q,
+            },
         }
         for base in ("bicubic", "jpeg"):
-            r[f"vs_{base}"] = {"psnr_gain_db": r["tokenizer"]["psnr_db"] - r[base]["psnr_db"],
-                               "ssim_ratio": r["tokenizer"]["ssim"] / r[base]["ssim"],
-                               "bits_ratio": r[base]["bits_per_frame"] / bits}
+            r[f"vs_{base}"] = {
+                "psnr_gain_db": r["tokenizer"]["psnr_db"] - r[base]["psnr_db"],
+                "ssim_ratio": r["tokenizer"]["ssim"] / r[base]["ssim"],
+                "bits_ratio": r[base]["bits_per_frame"] / bits,
+            }
         report["datasets"][root.name] = r
         print(f"\n{root.name}: {len(frames)} held-out frames")
         print(f"  {'method':<10}{'PSNR dB':>9}{'SSIM':>8}{'bits/frame':>12}")
@@ -163,10 +183,14 @@ def main() -> None:
             print(f"  {m:<10}{r[m]['psnr_db']:>9.2f}{r[m]['ssim']:>8.3f}{r[m]['bits_per_frame']:>12.0f}")
         for base in ("bicubic", "jpeg"):
             v = r[f"vs_{base}"]
-            print(f"  vs {base}: PSNR {v['psnr_gain_db']:+.2f} dB, SSIM x{v['ssim_ratio']:.2f}, "
-                  f"with x{v['bits_ratio']:.2f} the bits for {base}")
-        print(f"  codebook: {100 * r['tokenizer']['used_share']:.1f}% of codes used, "
-              f"perplexity {r['tokenizer']['perplexity']:.0f} of {tok.vocab_size}")
+            print(
+                f"  vs {base}: PSNR {v['psnr_gain_db']:+.2f} dB, SSIM x{v['ssim_ratio']:.2f}, "
+                f"with x{v['bits_ratio']:.2f} the bits for {base}"
+            )
+        print(
+            f"  codebook: {100 * r['tokenizer']['used_share']:.1f}% of codes used, "
+            f"perplexity {r['tokenizer']['perplexity']:.0f} of {tok.vocab_size}"
+        )
         pick = np.linspace(0, len(frames) - 1, 8).astype(int)
         for row in (frames, rec, bic, jpg):
             grid_rows.append(np.concatenate(list(row[pick]), axis=1))
@@ -186,9 +210,12 @@ def main() -> None:
     (cfg.out / "video_tokenizer.json").write_text(json.dumps(report, indent=2) + "\n")
     grid = np.concatenate(grid_rows, axis=0)
     Image.fromarray(grid).resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(
-        cfg.out / "video_tokenizer_grid.png")
-    print(f"wrote {cfg.out / 'video_tokenizer.json'} and {cfg.out / 'video_tokenizer_grid.png'} "
-          "(rows per dataset: original, tokenizer, bicubic, JPEG)")
+        cfg.out / "video_tokenizer_grid.png"
+    )
+    print(
+        f"wrote {cfg.out / 'video_tokenizer.json'} and {cfg.out / 'video_tokenizer_grid.png'} "
+        "(rows per dataset: original, tokenizer, bicubic, JPEG)"
+    )
 
 
 if __name__ == "__main__":

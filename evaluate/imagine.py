@@ -74,11 +74,13 @@ class ImagineConfig:
         if self.seeds < 1 or self.steps < 1 or self.seed < 0:
             raise ValueError(f"seeds {self.seeds} and steps {self.steps} must be >= 1, seed {self.seed} >= 0")
         if self.videos < 0 or self.temperature < 0 or self.size < 16:
-            raise ValueError(f"videos {self.videos} and temperature {self.temperature} must be >= 0, size {self.size}"
-                             " >= 16")
+            raise ValueError(
+                f"videos {self.videos} and temperature {self.temperature} must be >= 0, size {self.size} >= 16"
+            )
 
 
 # ---- metrics -----------------------------------------------------------------------------------------------
+
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 images (any equal shapes): 10 log10(255^2 / MSE)."""
@@ -102,13 +104,23 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
         reached = [e for e in episodes if len(e["psnr_model"]) >= k]
         if not reached:
             break
-        mean = {key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached]))
-                for key in ("model", "copy_last", "copy_last_tokens", "tokenizer")}
-        rows.append({"step": k, "t_s": round(k * n_action_steps / fps, 4), "episodes": len(reached),
-                     "psnr/model": mean["model"], "psnr/copy_last": mean["copy_last"],
-                     "psnr/copy_last_tokens": mean["copy_last_tokens"], "psnr/tokenizer": mean["tokenizer"],
-                     "ratio": mean["model"] / mean["copy_last"],
-                     "gain_db": mean["model"] - mean["copy_last"]})
+        mean = {
+            key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached]))
+            for key in ("model", "copy_last", "copy_last_tokens", "tokenizer")
+        }
+        rows.append(
+            {
+                "step": k,
+                "t_s": round(k * n_action_steps / fps, 4),
+                "episodes": len(reached),
+                "psnr/model": mean["model"],
+                "psnr/copy_last": mean["copy_last"],
+                "psnr/copy_last_tokens": mean["copy_last_tokens"],
+                "psnr/tokenizer": mean["tokenizer"],
+                "ratio": mean["model"] / mean["copy_last"],
+                "gain_db": mean["model"] - mean["copy_last"],
+            }
+        )
     return rows
 
 
@@ -124,6 +136,7 @@ def beaten_until_s(rows: list[dict[str, Any]]) -> float:
 
 # ---- one episode -------------------------------------------------------------------------------------------
 
+
 def make_env(env_id: str, wm: Any) -> Any:
     """The env at the image size the checkpoint was trained on (ValueError naming the ids for an unknown id)."""
     import gymnasium as gym
@@ -136,8 +149,7 @@ def make_env(env_id: str, wm: Any) -> Any:
     return gym.make(env_id, width=int(w), height=int(h))
 
 
-def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "",
-                    state: str = "hold") -> dict[str, Any]:
+def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", state: str = "hold") -> dict[str, Any]:
     """Imagine ``steps`` chunks from seed's first frame while the sim plays the same actions.
 
     Returns the episode record: frames (``real``, ``imagined``, ``tokenizer``: lists of {camera: uint8
@@ -182,8 +194,15 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "",
         if ended:
             break
     return {
-        "seed": seed, "prompt": prompt, "cameras": cams, "steps_done": len(real) - 1, "ended_early": ended,
-        "real": real, "imagined": imagined, "tokenizer": recon, "actions": actions,
+        "seed": seed,
+        "prompt": prompt,
+        "cameras": cams,
+        "steps_done": len(real) - 1,
+        "ended_early": ended,
+        "real": real,
+        "imagined": imagined,
+        "tokenizer": recon,
+        "actions": actions,
         "psnr_model": [frames_psnr(i, r) for i, r in zip(imagined[1:], real[1:], strict=True)],
         "psnr_copy_last": [frames_psnr(first, r) for r in real[1:]],
         "psnr_copy_last_tokens": [frames_psnr(recon[0], r) for r in real[1:]],
@@ -193,6 +212,7 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "",
 
 
 # ---- video and still ---------------------------------------------------------------------------------------
+
 
 def _panel(pixels: dict[str, np.ndarray], label: str, size: int) -> np.ndarray:
     """Cameras side by side (upscaled) with ``label`` in the top-left corner."""
@@ -207,14 +227,18 @@ def side_by_side(ep: dict[str, Any], k: int, size: int, header: str, n_action_st
     """Horizon step k of an episode: imagined | real, with a banner (prompt, time, both PSNRs)."""
     left, right = _panel(ep["imagined"][k], "imagined", size), _panel(ep["real"][k], "real (sim)", size)
     gap = np.full((left.shape[0], 6, 3), 20, np.uint8)
-    scores = "start (tokenized real frame)" if k == 0 else (
-        f"PSNR {ep['psnr_model'][k - 1]:.1f} dB, copy-last {ep['psnr_copy_last'][k - 1]:.1f} dB")
+    scores = (
+        "start (tokenized real frame)"
+        if k == 0
+        else (f"PSNR {ep['psnr_model'][k - 1]:.1f} dB, copy-last {ep['psnr_copy_last'][k - 1]:.1f} dB")
+    )
     status = f"{header} · chunk {k}/{ep['steps_done']} · t={k * n_action_steps / fps:.2f}s · {scores}"
     return annotate(np.concatenate([left, gap, right], axis=1), ep["prompt"], status, None, None)
 
 
-def filmstrip(ep: dict[str, Any], header: str, n_action_steps: int, fps: float, columns: int = 6,
-              size: int = 128) -> np.ndarray:
+def filmstrip(
+    ep: dict[str, Any], header: str, n_action_steps: int, fps: float, columns: int = 6, size: int = 128
+) -> np.ndarray:
     """A still: up to ``columns`` horizon steps left to right, imagined above, real below, prompt on top."""
     ks = sorted({int(round(x)) for x in np.linspace(0, ep["steps_done"], min(columns, ep["steps_done"] + 1))})
     cols = []
@@ -228,6 +252,7 @@ def filmstrip(ep: dict[str, Any], header: str, n_action_steps: int, fps: float, 
 
 # ---- the command -------------------------------------------------------------------------------------------
 
+
 def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> dict[str, Any]:
     """Imagine every seed, write videos/stills and ``metrics.json`` into ``cfg.out``; return the metrics."""
     from tqdm import tqdm
@@ -236,8 +261,9 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
     from robotok.policy.world_model import WorldModel
 
     if wm is None:
-        wm = WorldModel.from_checkpoint(cfg.policy, device=cfg.device, temperature=cfg.temperature,
-                                        seed=0 if cfg.temperature > 0 else None)
+        wm = WorldModel.from_checkpoint(
+            cfg.policy, device=cfg.device, temperature=cfg.temperature, seed=0 if cfg.temperature > 0 else None
+        )
     env = make_env(cfg.env, wm)
     fps = float(env.metadata.get("render_fps", wm.policy.config.get("fps", 20)))
     n_act, env_name, label = wm.n_action_steps, cfg.env.split("/")[-1], policy_label(cfg.policy)
@@ -260,14 +286,19 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
         env.close()
     rows = summarize(episodes, cfg.steps, n_act, fps)
     metrics = {
-        "env": cfg.env, "policy": label, "config": asdict(cfg), "n_action_steps": n_act, "fps": fps,
+        "env": cfg.env,
+        "policy": label,
+        "config": asdict(cfg),
+        "n_action_steps": n_act,
+        "fps": fps,
         "horizon": rows,
         "summary": {
             "imagine/episodes": len(episodes),
             "imagine/psnr_model": float(np.mean([r["psnr/model"] for r in rows])) if rows else None,
             "imagine/psnr_copy_last": float(np.mean([r["psnr/copy_last"] for r in rows])) if rows else None,
             "imagine/psnr_copy_last_tokens": float(np.mean([r["psnr/copy_last_tokens"] for r in rows]))
-            if rows else None,
+            if rows
+            else None,
             "imagine/psnr_tokenizer": float(np.mean([r["psnr/tokenizer"] for r in rows])) if rows else None,
             "imagine/beats_copy_last_until_s": beaten_until_s(rows),
             "imagine/decode_failures": int(sum(e["decode_failures"] for e in episodes)),
@@ -287,11 +318,17 @@ def _write_json(path: Path, data: Any) -> None:
 
 def horizon_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per horizon step with the PSNRs of the model and the references (mean dB)."""
-    lines = ["| step | t (s) | seeds | model (dB) | copy-last (dB) | ratio | gain (dB) | copy-last tokenized (dB) "
-             "| tokenizer ceiling (dB) |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['step']} | {r['t_s']:.2f} | {r['episodes']} | {r['psnr/model']:.2f} | {r['psnr/copy_last']:.2f} "
-              f"| {r['ratio']:.3f} | {r['gain_db']:+.2f} | {r['psnr/copy_last_tokens']:.2f} "
-              f"| {r['psnr/tokenizer']:.2f} |" for r in rows]
+    lines = [
+        "| step | t (s) | seeds | model (dB) | copy-last (dB) | ratio | gain (dB) | copy-last tokenized (dB) "
+        "| tokenizer ceiling (dB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['step']} | {r['t_s']:.2f} | {r['episodes']} | {r['psnr/model']:.2f} | {r['psnr/copy_last']:.2f} "
+        f"| {r['ratio']:.3f} | {r['gain_db']:+.2f} | {r['psnr/copy_last_tokens']:.2f} "
+        f"| {r['psnr/tokenizer']:.2f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 
@@ -307,8 +344,10 @@ def main() -> None:
     except ValueError as e:
         raise SystemExit(f"{err} {e}") from None
     if kind != "checkpoint":
-        raise SystemExit(f"{err} --policy {cfg.policy!r} is {'an exported bundle' if kind == 'bundle' else kind}; "
-                         "imagining needs a checkpoint directory from robotok-train")
+        raise SystemExit(
+            f"{err} --policy {cfg.policy!r} is {'an exported bundle' if kind == 'bundle' else kind}; "
+            "imagining needs a checkpoint directory from robotok-train"
+        )
     import robotok.sim_envs  # noqa: F401  (registers the env ids)
 
     try:
@@ -317,8 +356,10 @@ def main() -> None:
         raise SystemExit(f"{err} {e}") from None
     print(horizon_table(metrics["horizon"]))
     s = metrics["summary"]
-    print(f"{PROG}: {s['imagine/episodes']} episode(s) of {cfg.env}; the model beats copy-last up to "
-          f"{s['imagine/beats_copy_last_until_s']:.2f} s; wrote {Path(cfg.out) / 'metrics.json'}")
+    print(
+        f"{PROG}: {s['imagine/episodes']} episode(s) of {cfg.env}; the model beats copy-last up to "
+        f"{s['imagine/beats_copy_last_until_s']:.2f} s; wrote {Path(cfg.out) / 'metrics.json'}"
+    )
 
 
 if __name__ == "__main__":

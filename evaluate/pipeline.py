@@ -94,21 +94,82 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "cpu": Preset(episodes=200, noise=0.3, record_workers=2, image_size=64, horizon=10, n_action_steps=5,
-                  action_kind="bspline", control_points=4, cameras=("front",), history=1,
-                  video_downsample=8, video_channels=(16, 32, 64), video_steps=1000, video_batch=32,
-                  model="tiny", train_steps=3000, train_batch=32, lr=1e-3, warmup=150,
-                  eval_episodes=100, sweep_episodes=20, eval_workers=2, videos=2),
-    "gpu": Preset(episodes=1000, noise=0.3, record_workers=16, image_size=64, horizon=10, n_action_steps=5,
-                  action_kind="bspline", control_points=4, cameras=("front", "wrist", "top"), history=2,
-                  video_downsample=8, video_channels=(32, 64, 96), video_steps=3000, video_batch=64,
-                  model="small", train_steps=20000, train_batch=128, lr=6e-4, warmup=500,
-                  eval_episodes=200, sweep_episodes=100, eval_workers=16, videos=4, device="cuda"),
-    "smoke": Preset(episodes=3, noise=0.3, record_workers=1, image_size=64, horizon=10, n_action_steps=5,
-                    action_kind="bspline", control_points=4, cameras=("front",), history=1,
-                    video_downsample=8, video_channels=(8, 16, 16), video_steps=10, video_batch=8,
-                    model="micro", train_steps=10, train_batch=8, lr=1e-3, warmup=2,
-                    eval_episodes=1, sweep_episodes=1, eval_workers=1, videos=1),
+    "cpu": Preset(
+        episodes=200,
+        noise=0.3,
+        record_workers=2,
+        image_size=64,
+        horizon=10,
+        n_action_steps=5,
+        action_kind="bspline",
+        control_points=4,
+        cameras=("front",),
+        history=1,
+        video_downsample=8,
+        video_channels=(16, 32, 64),
+        video_steps=1000,
+        video_batch=32,
+        model="tiny",
+        train_steps=3000,
+        train_batch=32,
+        lr=1e-3,
+        warmup=150,
+        eval_episodes=100,
+        sweep_episodes=20,
+        eval_workers=2,
+        videos=2,
+    ),
+    "gpu": Preset(
+        episodes=1000,
+        noise=0.3,
+        record_workers=16,
+        image_size=64,
+        horizon=10,
+        n_action_steps=5,
+        action_kind="bspline",
+        control_points=4,
+        cameras=("front", "wrist", "top"),
+        history=2,
+        video_downsample=8,
+        video_channels=(32, 64, 96),
+        video_steps=3000,
+        video_batch=64,
+        model="small",
+        train_steps=20000,
+        train_batch=128,
+        lr=6e-4,
+        warmup=500,
+        eval_episodes=200,
+        sweep_episodes=100,
+        eval_workers=16,
+        videos=4,
+        device="cuda",
+    ),
+    "smoke": Preset(
+        episodes=3,
+        noise=0.3,
+        record_workers=1,
+        image_size=64,
+        horizon=10,
+        n_action_steps=5,
+        action_kind="bspline",
+        control_points=4,
+        cameras=("front",),
+        history=1,
+        video_downsample=8,
+        video_channels=(8, 16, 16),
+        video_steps=10,
+        video_batch=8,
+        model="micro",
+        train_steps=10,
+        train_batch=8,
+        lr=1e-3,
+        warmup=2,
+        eval_episodes=1,
+        sweep_episodes=1,
+        eval_workers=1,
+        videos=1,
+    ),
 }
 
 
@@ -145,40 +206,164 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
     act, vid, shards, pol = (str(out / x) for x in ("tokenizers/action", "tokenizers/video", "shards", "policy"))
     size = ["--width", str(p.image_size), "--height", str(p.image_size)]
     if stage == "record":
-        return [["robotok-record", "--env", env, "--episodes", str(p.episodes), "--out", d[t],
-                 "--workers", str(p.record_workers), "--noise", str(p.noise), "--seed-start", "0", *size]
-                for t, env in TASKS.items()]
+        return [
+            [
+                "robotok-record",
+                "--env",
+                env,
+                "--episodes",
+                str(p.episodes),
+                "--out",
+                d[t],
+                "--workers",
+                str(p.record_workers),
+                "--noise",
+                str(p.noise),
+                "--seed-start",
+                "0",
+                *size,
+            ]
+            for t, env in TASKS.items()
+        ]
     if stage == "fit":
-        return [["robotok-fit-tokenizers", "--dataset", *d.values(), "--horizon", str(p.horizon), "--out", act,
-                 "--kinds", p.action_kind, "--control-points", str(p.control_points)]]
+        return [
+            [
+                "robotok-fit-tokenizers",
+                "--dataset",
+                *d.values(),
+                "--horizon",
+                str(p.horizon),
+                "--out",
+                act,
+                "--kinds",
+                p.action_kind,
+                "--control-points",
+                str(p.control_points),
+            ]
+        ]
     if stage == "video":
-        return [["robotok-train-video-tokenizer", "--dataset", *d.values(), "--out", vid, "--cameras", *p.cameras,
-                 "--steps", str(p.video_steps), "--batch-size", str(p.video_batch),
-                 "--downsample", str(p.video_downsample), "--channels", *map(str, p.video_channels),
-                 "--device", p.device]]
+        return [
+            [
+                "robotok-train-video-tokenizer",
+                "--dataset",
+                *d.values(),
+                "--out",
+                vid,
+                "--cameras",
+                *p.cameras,
+                "--steps",
+                str(p.video_steps),
+                "--batch-size",
+                str(p.video_batch),
+                "--downsample",
+                str(p.video_downsample),
+                "--channels",
+                *map(str, p.video_channels),
+                "--device",
+                p.device,
+            ]
+        ]
     if stage == "pretokenize":
-        return [["robotok-pretokenize", "--dataset", *d.values(),
-                 "--action-tokenizer", *(f"{act}/{t}/{p.action_kind}" for t in TASKS), "--video-tokenizer", vid,
-                 "--out", shards, "--cameras", *p.cameras, "--horizon", str(p.horizon),
-                 "--n-action-steps", str(p.n_action_steps), "--history", str(p.history)]]
+        return [
+            [
+                "robotok-pretokenize",
+                "--dataset",
+                *d.values(),
+                "--action-tokenizer",
+                *(f"{act}/{t}/{p.action_kind}" for t in TASKS),
+                "--video-tokenizer",
+                vid,
+                "--out",
+                shards,
+                "--cameras",
+                *p.cameras,
+                "--horizon",
+                str(p.horizon),
+                "--n-action-steps",
+                str(p.n_action_steps),
+                "--history",
+                str(p.history),
+            ]
+        ]
     if stage == "train":
-        return [["robotok-train", "--data", shards, "--out", pol, "--preset", p.model, "--steps", str(p.train_steps),
-                 "--batch-size", str(p.train_batch), "--lr", str(p.lr), "--warmup-steps", str(p.warmup),
-                 "--device", p.device]]
+        return [
+            [
+                "robotok-train",
+                "--data",
+                shards,
+                "--out",
+                pol,
+                "--preset",
+                p.model,
+                "--steps",
+                str(p.train_steps),
+                "--batch-size",
+                str(p.train_batch),
+                "--lr",
+                str(p.lr),
+                "--warmup-steps",
+                str(p.warmup),
+                "--device",
+                p.device,
+            ]
+        ]
     if stage == "eval":
         envs = [a for env in TASKS.values() for a in ("--env", env)]
-        common = [*envs, "--policy", pol, "--seed-start", str(EVAL_SEED_START), "--workers", str(p.eval_workers),
-                  "--device", p.device]
+        common = [
+            *envs,
+            "--policy",
+            pol,
+            "--seed-start",
+            str(EVAL_SEED_START),
+            "--workers",
+            str(p.eval_workers),
+            "--device",
+            p.device,
+        ]
         if p.image_size != 64:
             common += ["--env-kwargs", json.dumps({"width": p.image_size, "height": p.image_size})]
-        return [["robotok-eval", *common, "--episodes", str(p.eval_episodes), "--compare", "expert,random",
-                 "--videos", str(p.videos), "--out", str(out / "eval")],
-                ["robotok-eval", *common, "--episodes", str(p.sweep_episodes), "--prompt-sweep",
-                 "--videos", "0", "--out", str(out / "eval" / "sweep")],
-                # Videos of the scripted expert solving each task, next to the policy's.
-                ["robotok-eval", *envs, "--policy", "expert", "--seed-start", str(EVAL_SEED_START), "--workers", "1",
-                 "--episodes", str(max(p.videos, 1)), "--videos", str(max(p.videos, 1)),
-                 "--out", str(out / "eval" / "expert")]]
+        return [
+            [
+                "robotok-eval",
+                *common,
+                "--episodes",
+                str(p.eval_episodes),
+                "--compare",
+                "expert,random",
+                "--videos",
+                str(p.videos),
+                "--out",
+                str(out / "eval"),
+            ],
+            [
+                "robotok-eval",
+                *common,
+                "--episodes",
+                str(p.sweep_episodes),
+                "--prompt-sweep",
+                "--videos",
+                "0",
+                "--out",
+                str(out / "eval" / "sweep"),
+            ],
+            # Videos of the scripted expert solving each task, next to the policy's.
+            [
+                "robotok-eval",
+                *envs,
+                "--policy",
+                "expert",
+                "--seed-start",
+                str(EVAL_SEED_START),
+                "--workers",
+                "1",
+                "--episodes",
+                str(max(p.videos, 1)),
+                "--videos",
+                str(max(p.videos, 1)),
+                "--out",
+                str(out / "eval" / "expert"),
+            ],
+        ]
     return []  # report: written by this module
 
 
@@ -190,8 +375,11 @@ def done_files(stage: str, out: Path) -> list[Path]:
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
         "train": [out / "policy" / "config.json"],
-        "eval": [out / "eval" / "report.json", out / "eval" / "sweep" / "report.json",
-                 out / "eval" / "expert" / "report.json"],
+        "eval": [
+            out / "eval" / "report.json",
+            out / "eval" / "sweep" / "report.json",
+            out / "eval" / "expert" / "report.json",
+        ],
         "report": [out / "report.md"],
     }[stage]
 
@@ -199,9 +387,13 @@ def done_files(stage: str, out: Path) -> list[Path]:
 def output_dirs(stage: str, out: Path) -> list[Path]:
     """What a stage owns and replaces when it runs."""
     return {
-        "record": [out / "data" / t for t in TASKS], "fit": [out / "tokenizers" / "action"],
-        "video": [out / "tokenizers" / "video"], "pretokenize": [out / "shards"], "train": [out / "policy"],
-        "eval": [out / "eval"], "report": [],
+        "record": [out / "data" / t for t in TASKS],
+        "fit": [out / "tokenizers" / "action"],
+        "video": [out / "tokenizers" / "video"],
+        "pretokenize": [out / "shards"],
+        "train": [out / "policy"],
+        "eval": [out / "eval"],
+        "report": [],
     }[stage]
 
 
@@ -245,8 +437,10 @@ def run_command(argv: list[str], dry_run: bool = False) -> None:
         return
     rc = subprocess.run(full, check=False).returncode
     if rc != 0:
-        raise SystemExit(f"{PROG}: error: `{shlex.join(argv)}` failed with exit code {rc} (its output is above); "
-                         "fix the cause and rerun: finished stages are skipped")
+        raise SystemExit(
+            f"{PROG}: error: `{shlex.join(argv)}` failed with exit code {rc} (its output is above); "
+            "fix the cause and rerun: finished stages are skipped"
+        )
 
 
 # ---- the pipeline -----------------------------------------------------------------------------------------
@@ -271,8 +465,10 @@ def run(cfg: PipelineConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     log = _load_log(out)
     if log.get("preset") not in (None, cfg.preset) and not cfg.force:
-        raise SystemExit(f"{PROG}: error: {out} holds a run of preset {log['preset']!r}, not {cfg.preset!r}; "
-                         "choose another --out, or pass --force to redo it")
+        raise SystemExit(
+            f"{PROG}: error: {out} holds a run of preset {log['preset']!r}, not {cfg.preset!r}; "
+            "choose another --out, or pass --force to redo it"
+        )
     log.update({"preset": cfg.preset, "settings": asdict(p)})
     t_start = time.perf_counter()
     selected = [s for s in STAGES if s in cfg.stages]
@@ -296,12 +492,16 @@ def run(cfg: PipelineConfig) -> dict:
             for d in dirs:
                 if d.exists():
                     shutil.rmtree(d)
-            forced |= {s for s in STAGES[STAGES.index(stage) + 1:]}  # everything after it redoes
+            forced |= {s for s in STAGES[STAGES.index(stage) + 1 :]}  # everything after it redoes
         for argv in cmds:
             run_command(argv, cfg.dry_run)
         wall = time.perf_counter() - t0
-        log["stages"][stage] = {"commands": [shlex.join(c) for c in cmds], "wall_s": round(wall, 1),
-                                "skipped": False, "resumed": state == "resume"}
+        log["stages"][stage] = {
+            "commands": [shlex.join(c) for c in cmds],
+            "wall_s": round(wall, 1),
+            "skipped": False,
+            "resumed": state == "resume",
+        }
         if stage == "report" and not cfg.dry_run:
             write_pipeline_report(out, log)
         if not cfg.dry_run:

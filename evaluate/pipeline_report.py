@@ -89,37 +89,65 @@ def _data_section(out: Path) -> list[str]:
         if info is None:
             continue
         exp = f"{rec['expert_successes']}/{rec['attempts']}" if rec else "–"
-        rows.append([f"`data/{task}`", str(info["total_episodes"]), str(info["total_frames"]),
-                     str(info.get("total_tasks", "–")), str(rec["noise"]) if rec else "–", exp])
+        rows.append(
+            [
+                f"`data/{task}`",
+                str(info["total_episodes"]),
+                str(info["total_frames"]),
+                str(info.get("total_tasks", "–")),
+                str(rec["noise"]) if rec else "–",
+                exp,
+            ]
+        )
     if not rows:
         return []
     return ["## Demonstrations", ""] + _table(
-        ["dataset", "episodes", "frames", "prompts", "expert noise", "expert successes / attempts"], rows)
+        ["dataset", "episodes", "frames", "prompts", "expert noise", "expert successes / attempts"], rows
+    )
 
 
 def _tokenizer_section(out: Path) -> list[str]:
     lines = []
     act = _json(out / "tokenizers" / "action" / "report.json")
     if act:
-        rows = [[f"`{Path(e['dataset']).name}`", kind, f"{m['tokens_per_chunk_mean']:.1f}", str(m["vocab_size"]),
-                 f"{m['nrmse']:.4f}", f"{m['max_abs']:.3f}"]
-                for e in act["datasets"] for kind, m in e["kinds"].items()]
-        lines += ["## Tokenizers", "", f"Action chunks of {act['config']['horizon']} steps; errors normalised "
-                  "(each dimension's range spans [-1, 1]) on held-out episodes "
-                  "([details](tokenizers/action/report.md)).", ""]
+        rows = [
+            [
+                f"`{Path(e['dataset']).name}`",
+                kind,
+                f"{m['tokens_per_chunk_mean']:.1f}",
+                str(m["vocab_size"]),
+                f"{m['nrmse']:.4f}",
+                f"{m['max_abs']:.3f}",
+            ]
+            for e in act["datasets"]
+            for kind, m in e["kinds"].items()
+        ]
+        lines += [
+            "## Tokenizers",
+            "",
+            f"Action chunks of {act['config']['horizon']} steps; errors normalised "
+            "(each dimension's range spans [-1, 1]) on held-out episodes "
+            "([details](tokenizers/action/report.md)).",
+            "",
+        ]
         lines += _table(["dataset", "action tokenizer", "tokens/chunk", "vocab", "nRMSE", "max abs"], rows)
     vid = _json(out / "tokenizers" / "video" / "eval.json")
     if vid:
         psnr = ", ".join(f"{name} {r['psnr_db']:.1f} dB" for name, r in vid["eval"].items())
-        lines += [f"Video tokenizer: {vid['tokens_per_frame']} tokens per frame, codebook {vid['vocab_size']}, "
-                  f"{vid['train/steps']} steps on {vid['train/frames']} frames; held-out PSNR {psnr}.", ""]
+        lines += [
+            f"Video tokenizer: {vid['tokens_per_frame']} tokens per frame, codebook {vid['vocab_size']}, "
+            f"{vid['train/steps']} steps on {vid['train/frames']} frames; held-out PSNR {psnr}.",
+            "",
+        ]
     meta = _json(out / "shards" / "meta.json")
     pol = _json(out / "shards" / "policy.json")
     if meta and pol:
-        lines += [f"Shards: {meta['num_sequences']} sequences of up to {meta['seq_len']} tokens, vocabulary "
-                  f"{meta['vocab_size']}; cameras {', '.join(pol['cameras'])}, image {pol['image_size']}, history "
-                  f"{pol['history']}, horizon {pol['horizon']}, {pol['n_action_steps']} actions executed per chunk.",
-                  ""]
+        lines += [
+            f"Shards: {meta['num_sequences']} sequences of up to {meta['seq_len']} tokens, vocabulary "
+            f"{meta['vocab_size']}; cameras {', '.join(pol['cameras'])}, image {pol['image_size']}, history "
+            f"{pol['history']}, horizon {pol['horizon']}, {pol['n_action_steps']} actions executed per chunk.",
+            "",
+        ]
     return lines
 
 
@@ -132,13 +160,17 @@ def _train_section(out: Path) -> list[str]:
     last_val = next((r for r in reversed(rows) if "val/action_acc" in r), None)
     last_train = next((r for r in reversed(rows) if "train/loss" in r), None)
     tr = cfg["train"]
-    text = (f"`{cfg['preset']}` transformer, {cfg['n_params'] / 1e6:.2f}M parameters, {cfg['step']} steps of "
-            f"{tr['batch_size']} sequences, peak lr {tr['lr']}")
+    text = (
+        f"`{cfg['preset']}` transformer, {cfg['n_params'] / 1e6:.2f}M parameters, {cfg['step']} steps of "
+        f"{tr['batch_size']} sequences, peak lr {tr['lr']}"
+    )
     if last_train:
         text += f"; final train/loss {last_train['train/loss']:.4f}"
     if last_val:
-        text += (f", val/action_loss {last_val['val/action_loss']:.4f}, val/action_acc "
-                 f"{last_val['val/action_acc']:.1%} (held-out episodes)")
+        text += (
+            f", val/action_loss {last_val['val/action_loss']:.4f}, val/action_acc "
+            f"{last_val['val/action_acc']:.1%} (held-out episodes)"
+        )
     lines += [text + ".", ""]
     if _plot_training(rows, out / "plots" / "train_loss.png"):
         lines += ["![training loss](plots/train_loss.png)", ""]
@@ -150,31 +182,45 @@ def _eval_section(out: Path) -> list[str]:
     if rep is None:
         return []
     cfg = rep["config"]
-    lines = ["## Evaluation on unseen seeds", "",
-             f"Seeds {cfg['seed_start']}..{cfg['seed_start'] + cfg['episodes'] - 1} ({cfg['episodes']} per env; "
-             "demonstrations used seeds from 0). The prompt names the target (cup colour, route); the scene "
-             "holds the other candidates too. Success with its 95% Wilson interval "
-             "([full report](eval/report.md)).", ""]
+    lines = [
+        "## Evaluation on unseen seeds",
+        "",
+        f"Seeds {cfg['seed_start']}..{cfg['seed_start'] + cfg['episodes'] - 1} ({cfg['episodes']} per env; "
+        "demonstrations used seeds from 0). The prompt names the target (cup colour, route); the scene "
+        "holds the other candidates too. Success with its 95% Wilson interval "
+        "([full report](eval/report.md)).",
+        "",
+    ]
     rows = []
     for env, by_policy in rep["results"].items():
         for label, res in by_policy.items():
             m = res["overall"]
-            extra = (f"wrong cup {m['eval/wrong_object_rate']:.0%}" if m["eval/wrong_object_rate"] is not None
-                     else f"route {m['eval/route_completion_mean']:.0%}, collisions {m['eval/collisions_mean']:.2f}, "
-                          f"off-road {m['eval/off_road_mean']:.2f}" if m["eval/route_completion_mean"] is not None
-                     else "")
+            extra = (
+                f"wrong cup {m['eval/wrong_object_rate']:.0%}"
+                if m["eval/wrong_object_rate"] is not None
+                else f"route {m['eval/route_completion_mean']:.0%}, collisions {m['eval/collisions_mean']:.2f}, "
+                f"off-road {m['eval/off_road_mean']:.2f}"
+                if m["eval/route_completion_mean"] is not None
+                else ""
+            )
             lat = "–" if m["eval/latency_ms_p99"] is None else f"{m['eval/latency_ms_p99']:.2f}"
-            rows.append([env, f"`{label}`", str(m["eval/episodes"]), _pct(m), extra, str(m["eval/decode_failures"]),
-                         lat])
-    lines += _table(["env", "policy", "episodes", "success [95% CI]", "infractions", "decode fails",
-                     "ms/action p99"], rows)
+            rows.append(
+                [env, f"`{label}`", str(m["eval/episodes"]), _pct(m), extra, str(m["eval/decode_failures"]), lat]
+            )
+    lines += _table(
+        ["env", "policy", "episodes", "success [95% CI]", "infractions", "decode fails", "ms/action p99"], rows
+    )
     sweep = _json(out / "eval" / "sweep" / "report.json")
     if sweep:
         scfg = sweep["config"]
-        lines += ["### Prompt grounding", "",
-                  f"Each of {scfg['episodes']} seeds run once per candidate target of its scene, the prompt naming "
-                  "it: a policy that follows the prompt succeeds for every target, one with a favourite fails for "
-                  "the others ([full report](eval/sweep/report.md)).", ""]
+        lines += [
+            "### Prompt grounding",
+            "",
+            f"Each of {scfg['episodes']} seeds run once per candidate target of its scene, the prompt naming "
+            "it: a policy that follows the prompt succeeds for every target, one with a favourite fails for "
+            "the others ([full report](eval/sweep/report.md)).",
+            "",
+        ]
         rows = []
         for env, by_policy in sweep["results"].items():
             res = by_policy.get(sweep["policy"])
@@ -182,8 +228,14 @@ def _eval_section(out: Path) -> list[str]:
                 continue
             for target, m in sorted(res["per_target"].items()):
                 rows.append([env, target, f"{m['eval/successes']}/{m['eval/episodes']}", _pct(m)])
-            rows.append([env, "**all**", f"{res['overall']['eval/successes']}/{res['overall']['eval/episodes']}",
-                         _pct(res["overall"])])
+            rows.append(
+                [
+                    env,
+                    "**all**",
+                    f"{res['overall']['eval/successes']}/{res['overall']['eval/episodes']}",
+                    _pct(res["overall"]),
+                ]
+            )
         lines += _table(["env", "prompted target", "successes", "success [95% CI]"], rows)
     media = []
     for env, by_policy in rep["results"].items():
@@ -191,8 +243,9 @@ def _eval_section(out: Path) -> list[str]:
             if res.get("still"):
                 media.append(f"![{label} on {env}](eval/{res['still']})")
             if res.get("videos"):
-                media.append(f"Videos of `{label}` on {env}: "
-                             + ", ".join(f"[{Path(v).stem}](eval/{v})" for v in res["videos"]))
+                media.append(
+                    f"Videos of `{label}` on {env}: " + ", ".join(f"[{Path(v).stem}](eval/{v})" for v in res["videos"])
+                )
     if media:
         lines += ["### Videos", ""] + [x for m in media for x in (m, "")]
     return lines
@@ -201,11 +254,16 @@ def _eval_section(out: Path) -> list[str]:
 def write_pipeline_report(out: Path, log: dict[str, Any]) -> Path:
     """Write ``<out>/report.md`` from the stage outputs and the pipeline log; returns its path."""
     s = log.get("settings", {})
-    lines = [f"# robotok demo: preset `{log.get('preset')}`", "",
-             f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by robotok-pipeline. One `{s.get('model')}` "
-             "transformer, prompted in plain language, reads video tokens and state and emits action tokens for "
-             "both tasks.", "",
-             "## Stages", ""]
+    lines = [
+        f"# robotok demo: preset `{log.get('preset')}`",
+        "",
+        f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by robotok-pipeline. One `{s.get('model')}` "
+        "transformer, prompted in plain language, reads video tokens and state and emits action tokens for "
+        "both tasks.",
+        "",
+        "## Stages",
+        "",
+    ]
     lines += _table(["stage", "wall time", "status", "command"], _stage_rows(log))
     for section in (_data_section, _tokenizer_section, _train_section, _eval_section):
         lines += section(out)

@@ -60,24 +60,48 @@ class LastLogits(torch.nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
-                v_cache: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         logits, k, v = self.model.forward_kv(idx, pos, k_cache, v_cache)
         return logits[:, -1], k, v
 
 
-def _onnx_export(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
-                 dynamic: dict[str, dict[int, str]], opset: int) -> None:
+def _onnx_export(
+    module: torch.nn.Module,
+    args: tuple,
+    path: Path,
+    inputs: list[str],
+    outputs: list[str],
+    dynamic: dict[str, dict[int, str]],
+    opset: int,
+) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # tracer notes on shape arithmetic; checked numerically after export
-        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs, dynamic_axes=dynamic,
-                          opset_version=opset, do_constant_folding=True, dynamo=False)
+        torch.onnx.export(
+            module,
+            args,
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
 
 
 def export_video_encoder(video_tokenizer: Any, path: Path, opset: int = OPSET) -> None:
     h, w = video_tokenizer.cfg.image_size
-    _onnx_export(video_tokenizer.encoder_module().cpu(), (torch.rand(2, 3, h, w),), path, ["frames"], ["codes"],
-                 {"frames": {0: "B"}, "codes": {0: "B"}}, opset)
+    _onnx_export(
+        video_tokenizer.encoder_module().cpu(),
+        (torch.rand(2, 3, h, w),),
+        path,
+        ["frames"],
+        ["codes"],
+        {"frames": {0: "B"}, "codes": {0: "B"}},
+        opset,
+    )
 
 
 def export_transformer(model: torch.nn.Module, out_dir: Path, opset: int = OPSET) -> None:
@@ -88,8 +112,15 @@ def export_transformer(model: torch.nn.Module, out_dir: Path, opset: int = OPSET
     names, outs = ["idx", "pos", "k_cache", "v_cache"], ["logits", "k_out", "v_out"]
     cache_axes = {name: {3: "L"} for name in ("k_cache", "v_cache", "k_out", "v_out")}
     for name, t, axes in (("prefill", 3, {"idx": {1: "T"}}), ("decode", 1, {})):
-        _onnx_export(wrapped, (torch.zeros(1, t, dtype=torch.long), torch.tensor(0), k, v),
-                     out_dir / GRAPHS[name], names, outs, {**axes, **cache_axes}, opset)
+        _onnx_export(
+            wrapped,
+            (torch.zeros(1, t, dtype=torch.long), torch.tensor(0), k, v),
+            out_dir / GRAPHS[name],
+            names,
+            outs,
+            {**axes, **cache_axes},
+            opset,
+        )
 
 
 def quantize_int8(path: Path) -> None:
@@ -111,8 +142,9 @@ def action_tokenizer_json(tok_dir: Path) -> dict[str, Any]:
     """The fitted state of a saved action tokenizer as one JSON object; DCT+BPE gets its id -> string table."""
     cfg = json.loads((tok_dir / "config.json").read_text())
     if cfg.get("kind") not in runtime.DECODERS:
-        raise ValueError(f"{tok_dir}: action tokenizer kind {cfg.get('kind')!r} has no runtime decoder "
-                         f"({sorted(runtime.DECODERS)})")
+        raise ValueError(
+            f"{tok_dir}: action tokenizer kind {cfg.get('kind')!r} has no runtime decoder ({sorted(runtime.DECODERS)})"
+        )
     if cfg["kind"] == "dct_bpe":
         from tokenizers import Tokenizer  # HuggingFace's, as the DCT+BPE tokenizer itself uses
 
@@ -134,14 +166,20 @@ def check_graphs(model: torch.nn.Module, out_dir: Path, context_len: int, seed: 
     with torch.no_grad():
         ref = model(torch.from_numpy(ids)[None])[0][0].numpy()  # [n + 1, V]
     zeros = np.zeros((cfg.n_layer, 1, cfg.n_head, n + 1, cfg.head_dim), np.float32)
-    run = {g: ort.InferenceSession(str(out_dir / GRAPHS[g]), providers=["CPUExecutionProvider"]).run
-           for g in ("prefill", "decode")}
-    logits, k, v = run["prefill"](None, {"idx": ids[None, :n], "pos": np.array(0, np.int64), "k_cache": zeros,
-                                         "v_cache": zeros})
+    run = {
+        g: ort.InferenceSession(str(out_dir / GRAPHS[g]), providers=["CPUExecutionProvider"]).run
+        for g in ("prefill", "decode")
+    }
+    logits, k, v = run["prefill"](
+        None, {"idx": ids[None, :n], "pos": np.array(0, np.int64), "k_cache": zeros, "v_cache": zeros}
+    )
     step, _, _ = run["decode"](None, {"idx": ids[None, n:], "pos": np.array(n, np.int64), "k_cache": k, "v_cache": v})
-    return {"prefill_max_abs_logit_diff": float(np.abs(logits[0] - ref[n - 1]).max()),
-            "decode_max_abs_logit_diff": float(np.abs(step[0] - ref[n]).max()),
-            "logit_scale": float(np.abs(ref).max()), "tokens": n + 1}
+    return {
+        "prefill_max_abs_logit_diff": float(np.abs(logits[0] - ref[n - 1]).max()),
+        "decode_max_abs_logit_diff": float(np.abs(step[0] - ref[n]).max()),
+        "logit_scale": float(np.abs(ref).max()),
+        "tokens": n + 1,
+    }
 
 
 def _replace_dir(stage: Path, out: Path) -> None:
@@ -155,8 +193,9 @@ def _replace_dir(stage: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export_bundle(checkpoint: str | Path, out: str | Path, int8: bool = False, opset: int = OPSET,
-                  check: bool = True) -> Path:
+def export_bundle(
+    checkpoint: str | Path, out: str | Path, int8: bool = False, opset: int = OPSET, check: bool = True
+) -> Path:
     """Export ``checkpoint`` (a robotok-train directory) into the bundle folder ``out``; returns ``out``."""
     import onnx
     import onnxruntime
@@ -187,8 +226,13 @@ def export_bundle(checkpoint: str | Path, out: str | Path, int8: bool = False, o
             for g in ("prefill", "decode"):
                 quantize_int8(stage / GRAPHS[g])
             if check:
-                checks.update({f"int8_{k}": v for k, v in check_graphs(model, stage, checks["tokens"] - 1).items()
-                               if k.endswith("diff")})
+                checks.update(
+                    {
+                        f"int8_{k}": v
+                        for k, v in check_graphs(model, stage, checks["tokens"] - 1).items()
+                        if k.endswith("diff")
+                    }
+                )
         for g in GRAPHS.values():
             onnx.checker.check_model(str(stage / g), full_check=True)
         shutil.copy2(ckpt / "token_space.json", stage / "token_space.json")
@@ -203,16 +247,32 @@ def export_bundle(checkpoint: str | Path, out: str | Path, int8: bool = False, o
         files = sorted(str(p.relative_to(stage)) for p in stage.rglob("*") if p.is_file())
         mc = model.cfg
         manifest = {
-            "format": runtime.BUNDLE_FORMAT, "format_version": runtime.BUNDLE_VERSION,
-            "robotok_version": _robotok_version(), "torch_version": torch.__version__,
-            "onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__, "opset": opset,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "int8": int8,
+            "format": runtime.BUNDLE_FORMAT,
+            "format_version": runtime.BUNDLE_VERSION,
+            "robotok_version": _robotok_version(),
+            "torch_version": torch.__version__,
+            "onnx_version": onnx.__version__,
+            "onnxruntime_version": onnxruntime.__version__,
+            "opset": opset,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "int8": int8,
             "checkpoint": {"path": str(ckpt.resolve()), "step": config.get("step"), "preset": config.get("preset")},
-            "model": {"vocab_size": mc.vocab_size, "n_layer": mc.n_layer, "n_head": mc.n_head,
-                      "head_dim": mc.head_dim, "d_model": mc.d_model, "max_seq_len": mc.max_seq_len},
-            "video": {"image_size": list(video.cfg.image_size), "grid": list(video.grid),
-                      "vocab_size": video.vocab_size},
-            "graphs": GRAPHS, "action_tokenizers": action_files, "check": checks,
+            "model": {
+                "vocab_size": mc.vocab_size,
+                "n_layer": mc.n_layer,
+                "n_head": mc.n_head,
+                "head_dim": mc.head_dim,
+                "d_model": mc.d_model,
+                "max_seq_len": mc.max_seq_len,
+            },
+            "video": {
+                "image_size": list(video.cfg.image_size),
+                "grid": list(video.grid),
+                "vocab_size": video.vocab_size,
+            },
+            "graphs": GRAPHS,
+            "action_tokenizers": action_files,
+            "check": checks,
             "files": {f: runtime.sha256_file(stage / f) for f in files},
         }
         (stage / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -262,8 +322,10 @@ def main() -> None:
         raise SystemExit(f"{PROG}: error: {e}") from None
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum((out / f).stat().st_size for f in manifest["files"]) / 1e6
-    print(f"{PROG}: wrote {out} ({size:.1f} MB, {'int8' if cfg.int8 else 'fp32'}); check {manifest['check']}",
-          file=sys.stderr)
+    print(
+        f"{PROG}: wrote {out} ({size:.1f} MB, {'int8' if cfg.int8 else 'fp32'}); check {manifest['check']}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -39,9 +39,21 @@ from robotok.tokenizers.space import ACT_CLOSE, SEP, TokenSpace, history_indices
 class Policy:
     """A prompted token-stream policy; see the module docstring."""
 
-    def __init__(self, model: torch.nn.Module, space: TokenSpace, config: dict[str, Any], action_tokenizers: list[Any],
-                 video_tokenizer: Any, *, temperature: float = 0.0, top_k: int = 0, use_cache: bool = True,
-                 n_action_steps: int | None = None, embodiment: str | None = None, seed: int | None = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        space: TokenSpace,
+        config: dict[str, Any],
+        action_tokenizers: list[Any],
+        video_tokenizer: Any,
+        *,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        use_cache: bool = True,
+        n_action_steps: int | None = None,
+        embodiment: str | None = None,
+        seed: int | None = None,
+    ):
         if len(action_tokenizers) != len(space.action_ranges):
             raise ValueError(f"{len(action_tokenizers)} action tokenizers for {len(space.action_ranges)} action ranges")
         vocab = model.cfg.vocab_size
@@ -82,14 +94,17 @@ class Policy:
         ckpt_dir = Path(ckpt_dir)
         for name in ("token_space.json", "policy.json", "tokenizers/video"):
             if not (ckpt_dir / name).exists():
-                raise FileNotFoundError(f"{ckpt_dir} lacks {name}; a checkpoint from robotok-train carries it "
-                                        "(copied from the shards of robotok-pretokenize)")
+                raise FileNotFoundError(
+                    f"{ckpt_dir} lacks {name}; a checkpoint from robotok-train carries it "
+                    "(copied from the shards of robotok-pretokenize)"
+                )
         model, _ = load_checkpoint(ckpt_dir, device=device)
         space = TokenSpace.load(ckpt_dir / "token_space.json")
         config = json.loads((ckpt_dir / "policy.json").read_text())
         toks = [load_action_tokenizer(ckpt_dir / "tokenizers" / "action" / r.name) for r in space.action_ranges]
-        return cls(model, space, config, toks, VideoTokenizer.load(ckpt_dir / "tokenizers" / "video", device=device),
-                   **kwargs)
+        return cls(
+            model, space, config, toks, VideoTokenizer.load(ckpt_dir / "tokenizers" / "video", device=device), **kwargs
+        )
 
     # ---- LeRobot's contract ---------------------------------------------------------------------
     def reset(self) -> None:
@@ -126,9 +141,11 @@ class Policy:
             found = [i for i in found if obs.get("task") in self.embodiments[i]["tasks"]] or found
         if len({self.embodiments[i]["action_range"] for i in found}) != 1:
             desc = [(e["name"], e["state_dim"], e["cameras"]) for e in self.embodiments]
-            raise ValueError(f"observation with {dim}-D state and cameras {sorted(cams)} matches "
-                             f"{len(found)} of the embodiments (name, state dim, cameras) {desc}; "
-                             "pass embodiment=NAME")
+            raise ValueError(
+                f"observation with {dim}-D state and cameras {sorted(cams)} matches "
+                f"{len(found)} of the embodiments (name, state dim, cameras) {desc}; "
+                "pass embodiment=NAME"
+            )
         return found[0]
 
     def _observe(self, obs: dict[str, Any]) -> None:
@@ -139,8 +156,10 @@ class Policy:
         for cam in e["cameras"]:
             f = np.asarray(obs["pixels"][cam])
             if f.dtype != np.uint8 or f.shape != (*e["image_size"], 3):
-                raise ValueError(f"camera {cam!r}: frame {f.dtype} {f.shape}, the policy was trained on uint8 "
-                                 f"{(*e['image_size'], 3)}; make the env with that width/height")
+                raise ValueError(
+                    f"camera {cam!r}: frame {f.dtype} {f.shape}, the policy was trained on uint8 "
+                    f"{(*e['image_size'], 3)}; make the env with that width/height"
+                )
             frames.append(f)
         state = np.asarray(obs["agent_pos"], dtype=np.float32)
         self._history.append({"frames": frames, "state": state, "codes": None})
@@ -153,7 +172,7 @@ class Policy:
             ids = self.video_tokenizer.encode(np.stack([f for s in todo for f in s["frames"]]))
             k = len(todo[0]["frames"])
             for j, s in enumerate(todo):
-                s["codes"] = list(ids[j * k:(j + 1) * k])
+                s["codes"] = list(ids[j * k : (j + 1) * k])
         return self.space.context(prompt, [(s["codes"], s["state"]) for s in steps], self._embodiment)
 
     # ---- generation --------------------------------------------------------------------------

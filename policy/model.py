@@ -127,8 +127,17 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         return self._out(F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True))
 
-    def forward_kv(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, positions: Tensor,
-                   k_cache: Tensor, v_cache: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_kv(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        positions: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        inplace: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Attend from x (at ``positions``, [T]) to the cache after writing x's keys/values into it.
 
         k_cache/v_cache: [B, H, T_max, D]. mask: [T, L] bool (True: may attend), L = the cache length used.
@@ -171,10 +180,20 @@ class Block(nn.Module):
         x = x + self.drop(self.attn(self.attn_norm(x), cos, sin))
         return x + self.drop(self.ffn(self.ffn_norm(x)))
 
-    def forward_kv(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor, positions: Tensor,
-                   k_cache: Tensor, v_cache: Tensor, inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
-        a, k_cache, v_cache = self.attn.forward_kv(self.attn_norm(x), cos, sin, mask, positions,
-                                                   k_cache, v_cache, inplace)
+    def forward_kv(
+        self,
+        x: Tensor,
+        cos: Tensor,
+        sin: Tensor,
+        mask: Tensor,
+        positions: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        inplace: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        a, k_cache, v_cache = self.attn.forward_kv(
+            self.attn_norm(x), cos, sin, mask, positions, k_cache, v_cache, inplace
+        )
         x = x + a
         return x + self.ffn(self.ffn_norm(x)), k_cache, v_cache
 
@@ -204,8 +223,9 @@ class KVCache:
         return KVCache(self.k.clone(), self.v.clone(), self.pos)
 
 
-def weighted_cross_entropy(logits: Tensor, targets: Tensor, weights: Tensor | None = None,
-                           reduction: str = "mean") -> Tensor:
+def weighted_cross_entropy(
+    logits: Tensor, targets: Tensor, weights: Tensor | None = None, reduction: str = "mean"
+) -> Tensor:
     """Cross-entropy of logits [B, T, V] against targets [B, T], weighted per position (weights [B, T], 0 = ignore).
 
     ``reduction="mean"``: sum(w * ce) / sum(w); ``"sum"``: sum(w * ce) (the trainer normalises by the weight
@@ -250,8 +270,9 @@ class Transformer(nn.Module):
     def _head(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding
 
-    def forward(self, idx: Tensor, targets: Tensor | None = None,
-                weights: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, weights: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
         """idx, targets: [B, T] int64; weights: [B, T] float (0 = ignore). Returns (logits [B, T, V], loss | None)."""
         b, t = idx.shape
         assert t <= self.cfg.max_seq_len, f"sequence length {t} > max_seq_len {self.cfg.max_seq_len}"
@@ -263,8 +284,9 @@ class Transformer(nn.Module):
         loss = None if targets is None else weighted_cross_entropy(logits, targets, weights)
         return logits, loss
 
-    def _decode(self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | None,
-                inplace: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _decode(
+        self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | None, inplace: bool
+    ) -> tuple[Tensor, Tensor, Tensor]:
         b, t = idx.shape
         positions = pos.reshape(()).to(torch.long) + torch.arange(t, device=idx.device)  # [T]
         length = k_cache.shape[3] if length is None else length
@@ -288,8 +310,13 @@ class Transformer(nn.Module):
         """
         return self._decode(idx, pos, k_cache, v_cache, length=None, inplace=False)
 
-    def new_cache(self, batch: int, max_len: int | None = None, device: torch.device | str | None = None,
-                  dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(
+        self,
+        batch: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> KVCache:
         max_len = self.cfg.max_seq_len if max_len is None else max_len
         if max_len > self.cfg.max_seq_len:
             raise ValueError(f"cache length {max_len} > max_seq_len {self.cfg.max_seq_len}")

@@ -80,11 +80,15 @@ class PretokenizeConfig:
 
     def __post_init__(self) -> None:
         if min(self.history, self.history_stride, self.stride) < 1 or self.horizon < 0 or self.n_action_steps < 0:
-            raise ValueError(f"history {self.history}, history_stride {self.history_stride}, stride {self.stride} "
-                             f"must be >= 1; horizon {self.horizon}, n_action_steps {self.n_action_steps} >= 0")
+            raise ValueError(
+                f"history {self.history}, history_stride {self.history_stride}, stride {self.stride} "
+                f"must be >= 1; horizon {self.horizon}, n_action_steps {self.n_action_steps} >= 0"
+            )
         if self.state_bins < 2 or self.max_episodes < 0 or not self.cameras:
-            raise ValueError(f"state_bins {self.state_bins} (>= 2), max_episodes {self.max_episodes} (>= 0), "
-                             f"cameras {self.cameras} (at least one)")
+            raise ValueError(
+                f"state_bins {self.state_bins} (>= 2), max_episodes {self.max_episodes} (>= 0), "
+                f"cameras {self.cameras} (at least one)"
+            )
         if self.horizon and self.n_action_steps > self.horizon:
             raise ValueError(f"n_action_steps {self.n_action_steps} > horizon {self.horizon}")
 
@@ -109,12 +113,19 @@ def _encode_chunks(tok: Any, chunks: np.ndarray) -> list[list[int]]:
     return [[int(i) for i in tok.encode(c)] for c in chunks]
 
 
-def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], video_tokenizer: Any,
-                cfg: PretokenizeConfig, progress: bool = True) -> Path:
+def pretokenize(
+    datasets: list[tuple[str, Any]],
+    action_tokenizers: list[Any],
+    video_tokenizer: Any,
+    cfg: PretokenizeConfig,
+    progress: bool = True,
+) -> Path:
     """Tokenise ``(name, LeRobotDataset)`` pairs with tokenizer objects into the shard dir ``cfg.out``."""
     if len(action_tokenizers) not in (1, len(datasets)):
-        raise ValueError(f"{len(action_tokenizers)} action tokenizers for {len(datasets)} datasets: give one per "
-                         "dataset, or one shared by all")
+        raise ValueError(
+            f"{len(action_tokenizers)} action tokenizers for {len(datasets)} datasets: give one per "
+            "dataset, or one shared by all"
+        )
     shared = len(action_tokenizers) == 1 and len(datasets) > 1
     horizon = cfg.horizon or int(getattr(action_tokenizers[0], "horizon", 0) or 0)
     if horizon < 1:
@@ -153,9 +164,21 @@ def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], v
             tasks.append(ep["task"])
         s_all = np.concatenate(states)
         q01, q99 = np.quantile(s_all, 0.01, axis=0), np.quantile(s_all, 0.99, axis=0)
-        embs.append({"name": name, "cameras": cams, "state_dim": int(s_all.shape[1]), "action_dim": int(adim),
-                     "tokenizer_dim": tdim, "tasks": sorted(set(tasks)), "fps": float(ds.fps),
-                     "lo": q01.tolist(), "hi": q99.tolist(), "lengths": lengths, "episodes": n_eps})
+        embs.append(
+            {
+                "name": name,
+                "cameras": cams,
+                "state_dim": int(s_all.shape[1]),
+                "action_dim": int(adim),
+                "tokenizer_dim": tdim,
+                "tasks": sorted(set(tasks)),
+                "fps": float(ds.fps),
+                "lo": q01.tolist(),
+                "hi": q99.tolist(),
+                "lengths": lengths,
+                "episodes": n_eps,
+            }
+        )
 
     ranges = []
     for k, tok in enumerate(action_tokenizers):
@@ -167,13 +190,24 @@ def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], v
             fixed = type(tok).__name__ in FIXED_LENGTH_KINDS and min(lens) == max(lens)
             length, max_len = (max(lens) if fixed else None), int(np.ceil(max(lens) * 1.25)) + 1
         if max(lens) > max_len or (length is not None and min(lens) != length):
-            raise ValueError(f"action tokenizer {k} gave chunks of {min(lens)}..{max(lens)} ids, "
-                             f"it declares length {length}, at most {max_len}")
-        ranges.append(ActionRange("shared" if shared else embs[k]["name"], size=int(tok.vocab_size),
-                                  length=length, max_length=int(max_len)))
-    space = TokenSpace(cfg.state_bins, int(video_tokenizer.vocab_size), ranges,
-                       [Embodiment(e["name"], e["lo"], e["hi"], action_range=0 if shared else d)
-                        for d, e in enumerate(embs)])
+            raise ValueError(
+                f"action tokenizer {k} gave chunks of {min(lens)}..{max(lens)} ids, "
+                f"it declares length {length}, at most {max_len}"
+            )
+        ranges.append(
+            ActionRange(
+                "shared" if shared else embs[k]["name"],
+                size=int(tok.vocab_size),
+                length=length,
+                max_length=int(max_len),
+            )
+        )
+    space = TokenSpace(
+        cfg.state_bins,
+        int(video_tokenizer.vocab_size),
+        ranges,
+        [Embodiment(e["name"], e["lo"], e["hi"], action_range=0 if shared else d) for d, e in enumerate(embs)],
+    )
 
     # sizes through the grammar itself, with dummy codes: no second copy of the layout to drift
     grid = tuple(video_tokenizer.grid) if hasattr(video_tokenizer, "grid") else (1, video_tokenizer.tokens_per_frame)
@@ -182,8 +216,9 @@ def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], v
     for e_i, (d, task, s, acts) in enumerate(eps):
         e = embs[d]
         steps = [([zero_codes] * len(e["cameras"]), s[0])] * cfg.history
-        base = len(space.sequence(task, steps, [], d, [zero_codes] * len(e["cameras"]) if cfg.frame_loss else None)
-                   .tokens)
+        base = len(
+            space.sequence(task, steps, [], d, [zero_codes] * len(e["cameras"]) if cfg.frame_loss else None).tokens
+        )
         rows += [(e_i, t, base + len(a)) for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True)]
     seq_len = max(r[2] for r in rows)
     n = len(rows)
@@ -213,9 +248,9 @@ def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], v
                 seq = space.sequence(task, steps, a, d, [c[nxt] for c in codes] if cfg.frame_loss else None)
                 assert len(seq.tokens) == rows[row][2], f"row {row}: {len(seq.tokens)} tokens, sized {rows[row][2]}"
                 tokens[row, : len(seq.tokens)] = seq.tokens
-                kinds[row, seq.action[0]:seq.action[1]] = KIND_ACTION
+                kinds[row, seq.action[0] : seq.action[1]] = KIND_ACTION
                 if seq.frame is not None:
-                    kinds[row, seq.frame[0]:seq.frame[1]] = KIND_FRAME
+                    kinds[row, seq.frame[0] : seq.frame[1]] = KIND_FRAME
                 episodes[row] = (e_i, t)
                 row += 1
             bar.update(len(acts))
@@ -231,26 +266,49 @@ def pretokenize(datasets: list[tuple[str, Any]], action_tokenizers: list[Any], v
             tok.save(stage / "tokenizers" / "action" / ranges[k].name)
         video_tokenizer.save(stage / "tokenizers" / "video")
         policy = {
-            "format": POLICY_FORMAT, "horizon": horizon, "n_action_steps": n_act, "history": cfg.history,
-            "history_stride": cfg.history_stride, "frame_loss": cfg.frame_loss, "seq_len": seq_len,
+            "format": POLICY_FORMAT,
+            "horizon": horizon,
+            "n_action_steps": n_act,
+            "history": cfg.history,
+            "history_stride": cfg.history_stride,
+            "frame_loss": cfg.frame_loss,
+            "seq_len": seq_len,
             "cameras": sorted({c for e in embs for c in e["cameras"]}, key=list(cfg.cameras).index),
-            "image_size": embs[0]["image_size"], "fps": embs[0]["fps"],
-            "state_dim": max(e["state_dim"] for e in embs), "action_dim": max(e["action_dim"] for e in embs),
-            "tasks": sorted({t for e in embs for t in e["tasks"]}), "video_tokenizer": "tokenizers/video",
+            "image_size": embs[0]["image_size"],
+            "fps": embs[0]["fps"],
+            "state_dim": max(e["state_dim"] for e in embs),
+            "action_dim": max(e["action_dim"] for e in embs),
+            "tasks": sorted({t for e in embs for t in e["tasks"]}),
+            "video_tokenizer": "tokenizers/video",
             "embodiments": [
-                {"name": e["name"], "tasks": e["tasks"], "cameras": e["cameras"], "state_dim": e["state_dim"],
-                 "action_dim": e["action_dim"], "tokenizer_dim": e["tokenizer_dim"], "image_size": e["image_size"],
-                 "fps": e["fps"], "action_range": 0 if shared else d,
-                 "action_tokenizer": f"tokenizers/action/{ranges[0 if shared else d].name}",
-                 # what a chunk that fails to decode is replaced by: zero velocities / steering / throttle
-                 "hold": [0.0] * e["action_dim"]}
-                for d, e in enumerate(embs)],
+                {
+                    "name": e["name"],
+                    "tasks": e["tasks"],
+                    "cameras": e["cameras"],
+                    "state_dim": e["state_dim"],
+                    "action_dim": e["action_dim"],
+                    "tokenizer_dim": e["tokenizer_dim"],
+                    "image_size": e["image_size"],
+                    "fps": e["fps"],
+                    "action_range": 0 if shared else d,
+                    "action_tokenizer": f"tokenizers/action/{ranges[0 if shared else d].name}",
+                    # what a chunk that fails to decode is replaced by: zero velocities / steering / throttle
+                    "hold": [0.0] * e["action_dim"],
+                }
+                for d, e in enumerate(embs)
+            ],
         }
         (stage / "policy.json").write_text(json.dumps(policy, indent=2))
-        meta = {"vocab_size": space.vocab_size, "tasks": policy["tasks"], "history": cfg.history,
-                "horizon": horizon, "frame_loss": cfg.frame_loss,
-                "datasets": [{"name": e["name"], "episodes": e["episodes"]} for e in embs],
-                "num_episodes": len(eps), "num_tokens": int(sum(r[2] for r in rows))}
+        meta = {
+            "vocab_size": space.vocab_size,
+            "tasks": policy["tasks"],
+            "history": cfg.history,
+            "horizon": horizon,
+            "frame_loss": cfg.frame_loss,
+            "datasets": [{"name": e["name"], "episodes": e["episodes"]} for e in embs],
+            "num_episodes": len(eps),
+            "num_tokens": int(sum(r[2] for r in rows)),
+        }
         extra = {p.name: p for p in stage.iterdir()}
         return write_shards(out, tokens, kinds, episodes, meta, extra_files=extra)
     finally:
@@ -274,12 +332,16 @@ def main() -> None:
     cfg = tyro.cli(PretokenizeConfig)
     err = "robotok-pretokenize: error:"
     if not cfg.dataset or not cfg.action_tokenizer:
-        raise SystemExit(f"{err} give --dataset DIR [DIR...] and --action-tokenizer DIR [DIR...] "
-                         "(record with robotok-record, fit with robotok-fit-tokenizers)")
+        raise SystemExit(
+            f"{err} give --dataset DIR [DIR...] and --action-tokenizer DIR [DIR...] "
+            "(record with robotok-record, fit with robotok-fit-tokenizers)"
+        )
     for p in [*cfg.dataset, *cfg.action_tokenizer, cfg.video_tokenizer]:
         if not Path(p).is_dir():
-            raise SystemExit(f"{err} {p} is not a directory; make it first (see README: robotok-record, "
-                             "robotok-fit-tokenizers, robotok-train-video-tokenizer)")
+            raise SystemExit(
+                f"{err} {p} is not a directory; make it first (see README: robotok-record, "
+                "robotok-fit-tokenizers, robotok-train-video-tokenizer)"
+            )
     from robotok.datasets.lerobot_v3 import LeRobotDataset
     from robotok.tokenizers.action import load_action_tokenizer
     from robotok.tokenizers.video import VideoTokenizer
@@ -287,13 +349,19 @@ def main() -> None:
     paths = [Path(p) for p in cfg.dataset]
     datasets = list(zip(_unique_names(paths), [LeRobotDataset(p) for p in paths], strict=True))
     try:
-        out = pretokenize(datasets, [load_action_tokenizer(p) for p in cfg.action_tokenizer],
-                          VideoTokenizer.load(cfg.video_tokenizer), cfg)
+        out = pretokenize(
+            datasets,
+            [load_action_tokenizer(p) for p in cfg.action_tokenizer],
+            VideoTokenizer.load(cfg.video_tokenizer),
+            cfg,
+        )
     except ValueError as e:
         raise SystemExit(f"{err} {e}") from None
     meta = json.loads((out / "meta.json").read_text())
-    print(f"wrote {out}: {meta['num_sequences']} sequences x {meta['seq_len']} tokens, vocab {meta['vocab_size']}, "
-          f"{meta['num_episodes']} episodes")
+    print(
+        f"wrote {out}: {meta['num_sequences']} sequences x {meta['seq_len']} tokens, vocab {meta['vocab_size']}, "
+        f"{meta['num_episodes']} episodes"
+    )
 
 
 if __name__ == "__main__":

@@ -52,26 +52,32 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
     bundle = Path(bundle)
     path = bundle / "manifest.json"
     if not path.is_file():
-        raise ValueError(f"{bundle} is not a robotok bundle (no manifest.json); make one with "
-                         "robotok-export CHECKPOINT --out BUNDLE")
+        raise ValueError(
+            f"{bundle} is not a robotok bundle (no manifest.json); make one with robotok-export CHECKPOINT --out BUNDLE"
+        )
     manifest = json.loads(path.read_text())
     found = (manifest.get("format"), manifest.get("format_version"))
     if found != (BUNDLE_FORMAT, BUNDLE_VERSION):
-        raise ValueError(f"{bundle}: bundle format {found[0]!r} version {found[1]!r}, this runtime reads "
-                         f"{BUNDLE_FORMAT!r} version {BUNDLE_VERSION}; re-export the checkpoint with a matching "
-                         "robotok-export, or use the robotok_runtime.py shipped inside that bundle")
+        raise ValueError(
+            f"{bundle}: bundle format {found[0]!r} version {found[1]!r}, this runtime reads "
+            f"{BUNDLE_FORMAT!r} version {BUNDLE_VERSION}; re-export the checkpoint with a matching "
+            "robotok-export, or use the robotok_runtime.py shipped inside that bundle"
+        )
     if verify:
         for name, digest in manifest["files"].items():
             f = bundle / name
             if not f.is_file():
                 raise ValueError(f"{bundle}: {name} is missing; copy the whole bundle folder again")
             if sha256_file(f) != digest:
-                raise ValueError(f"{bundle}: checksum mismatch for {name} (the file was changed or copied "
-                                 "incompletely); copy the bundle again or re-run robotok-export")
+                raise ValueError(
+                    f"{bundle}: checksum mismatch for {name} (the file was changed or copied "
+                    "incompletely); copy the bundle again or re-run robotok-export"
+                )
     return manifest
 
 
 # ---- action tokenizers (numpy mirrors of robotok.tokenizers.action_*) ------------------------------------------
+
 
 def _clean_ids(ids: Any, size: int) -> tuple[np.ndarray, bool]:
     """Ids in [0, size) as int64 [n], and whether nothing had to be dropped."""
@@ -113,7 +119,7 @@ class BinningDecoder:
         if full < horizon:
             last = hold.copy()
             if rest:
-                last[:rest] = self.centers[np.arange(rest), ids[full * dim:]]
+                last[:rest] = self.centers[np.arange(rest), ids[full * dim :]]
             out[full:] = last
         return out.astype(np.float32), ok
 
@@ -128,11 +134,11 @@ def bspline_basis(num_points: int, horizon: int, degree: int = 3) -> np.ndarray:
     b[t >= 1.0, k - 1] = 1.0
     for q in range(1, p + 1):
         n = b.shape[1] - 1
-        left_den, right_den = knots[q: q + n] - knots[:n], knots[q + 1: q + 1 + n] - knots[1: 1 + n]
+        left_den, right_den = knots[q : q + n] - knots[:n], knots[q + 1 : q + 1 + n] - knots[1 : 1 + n]
         with np.errstate(divide="ignore", invalid="ignore"):
             left = np.where(left_den > 0, (t[:, None] - knots[None, :n]) / left_den, 0.0)
-            right = np.where(right_den > 0, (knots[None, q + 1: q + 1 + n] - t[:, None]) / right_den, 0.0)
-        b = left * b[:, :n] + right * b[:, 1: n + 1]
+            right = np.where(right_den > 0, (knots[None, q + 1 : q + 1 + n] - t[:, None]) / right_den, 0.0)
+        b = left * b[:, :n] + right * b[:, 1 : n + 1]
     return b
 
 
@@ -159,7 +165,7 @@ class BSplineDecoder:
             grid[:full] = ids[: full * dim].reshape(full, dim)
         if full < self.k:
             last = grid[full - 1].copy() if full else np.clip(np.rint(-self.cp_low / self.width), 0, self.size - 1)
-            last[:rest] = ids[full * dim:]
+            last[:rest] = ids[full * dim :]
             grid[full:] = last
         z = bspline_basis(self.k, horizon) @ (self.cp_low + grid * self.width)  # [horizon, D]
         out = self.norm.clip(z * self.norm.half + self.norm.mid)
@@ -236,6 +242,7 @@ def load_action_decoder(path: str | Path) -> BinningDecoder | BSplineDecoder | D
 
 # ---- the policy ---------------------------------------------------------------------------------------------
 
+
 class RobotPolicy:
     """An exported bundle as a policy: ``reset()``, ``select_action(obs)``, ``infer(obs) -> {"actions": chunk}``.
 
@@ -244,16 +251,24 @@ class RobotPolicy:
     executed per chunk (default: the trained value). ``embodiment``: force one robot of a multi-robot bundle.
     """
 
-    def __init__(self, bundle: str | Path, threads: int = 2, verify: bool = True, n_action_steps: int | None = None,
-                 embodiment: str | None = None):
+    def __init__(
+        self,
+        bundle: str | Path,
+        threads: int = 2,
+        verify: bool = True,
+        n_action_steps: int | None = None,
+        embodiment: str | None = None,
+    ):
         self.bundle = Path(bundle)
         self.manifest = read_manifest(self.bundle, verify)
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}")
         space = json.loads((self.bundle / "token_space.json").read_text())
         if space.get("format") != TOKEN_SPACE_FORMAT:
-            raise ValueError(f"{self.bundle}: token space {space.get('format')!r}, this runtime reads "
-                             f"{TOKEN_SPACE_FORMAT!r}; re-export the checkpoint")
+            raise ValueError(
+                f"{self.bundle}: token space {space.get('format')!r}, this runtime reads "
+                f"{TOKEN_SPACE_FORMAT!r}; re-export the checkpoint"
+            )
         self.config = json.loads((self.bundle / "policy.json").read_text())
         self.special = {name: i for i, name in enumerate(space["special"])}
         ranges = {k: tuple(v) for k, v in space["ranges"].items()}
@@ -261,11 +276,16 @@ class RobotPolicy:
         self.video_start, self.state_bins = ranges["video"][0], int(space["state_bins"])
         self.space_vocab = int(space["vocab_size"])
         self.action_ranges = space["action_ranges"]  # name, size, length (None: variable), max_length, start
-        self.state_bounds = [(np.asarray(e["state_lo"], np.float64),
-                              np.maximum(np.asarray(e["state_hi"], np.float64) - np.asarray(e["state_lo"], np.float64),
-                                         1e-6)) for e in space["embodiments"]]
-        self.decoders = [load_action_decoder(self.bundle / self.manifest["action_tokenizers"][r["name"]])
-                         for r in self.action_ranges]
+        self.state_bounds = [
+            (
+                np.asarray(e["state_lo"], np.float64),
+                np.maximum(np.asarray(e["state_hi"], np.float64) - np.asarray(e["state_lo"], np.float64), 1e-6),
+            )
+            for e in space["embodiments"]
+        ]
+        self.decoders = [
+            load_action_decoder(self.bundle / self.manifest["action_tokenizers"][r["name"]]) for r in self.action_ranges
+        ]
         self.model = self.manifest["model"]  # n_layer, n_head, head_dim, vocab_size, max_seq_len
         self.horizon, self.history = int(self.config["horizon"]), int(self.config["history"])
         self.history_stride = int(self.config.get("history_stride", 1))
@@ -282,9 +302,10 @@ class RobotPolicy:
         opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         graphs = self.manifest["graphs"]
-        self.sessions = {name: ort.InferenceSession(str(self.bundle / graphs[name]), opts,
-                                                    providers=["CPUExecutionProvider"])
-                         for name in ("video_encoder", "prefill", "decode")}
+        self.sessions = {
+            name: ort.InferenceSession(str(self.bundle / graphs[name]), opts, providers=["CPUExecutionProvider"])
+            for name in ("video_encoder", "prefill", "decode")
+        }
         self.decode_failures = 0
         self.chunk_latencies_ms: list[float] = []
         self.last_action_ids: list[int] = []
@@ -332,40 +353,52 @@ class RobotPolicy:
             found = [i for i in found if obs.get("task") in self.embodiments[i]["tasks"]] or found
         if len({self.embodiments[i]["action_range"] for i in found}) != 1:
             desc = [(e["name"], e["state_dim"], e["cameras"]) for e in self.embodiments]
-            raise ValueError(f"observation with {dim}-D state and cameras {sorted(cams)} matches {len(found)} of the "
-                             f"embodiments (name, state dim, cameras) {desc}; pass the cameras and state the policy "
-                             "was trained on, or embodiment=NAME")
+            raise ValueError(
+                f"observation with {dim}-D state and cameras {sorted(cams)} matches {len(found)} of the "
+                f"embodiments (name, state dim, cameras) {desc}; pass the cameras and state the policy "
+                "was trained on, or embodiment=NAME"
+            )
         return found[0]
 
     def _observe(self, obs: dict[str, Any]) -> None:
         if not isinstance(obs, dict) or "pixels" not in obs or "agent_pos" not in obs:
             found = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
-            raise ValueError("observation must be the env's dict {'pixels': {camera: uint8 [H, W, 3]}, "
-                             f"'agent_pos': float [S], 'task': str}}; got {found}")
+            raise ValueError(
+                "observation must be the env's dict {'pixels': {camera: uint8 [H, W, 3]}, "
+                f"'agent_pos': float [S], 'task': str}}; got {found}"
+            )
         if not isinstance(obs.get("task"), str) or not obs["task"]:
             raise ValueError("observation has no 'task': add the prompt string, e.g. {**obs, 'task': info['prompt']}")
         state = np.asarray(obs["agent_pos"], dtype=np.float32)
         if state.ndim != 1 or not np.isfinite(state).all():
-            raise ValueError(f"observation 'agent_pos' must be a finite 1-D state vector, got shape {state.shape} "
-                             f"with {int(np.size(state) - np.isfinite(state).sum())} NaN/inf values; check the robot's "
-                             "state estimate before calling the policy")
+            raise ValueError(
+                f"observation 'agent_pos' must be a finite 1-D state vector, got shape {state.shape} "
+                f"with {int(np.size(state) - np.isfinite(state).sum())} NaN/inf values; check the robot's "
+                "state estimate before calling the policy"
+            )
         if self._embodiment is None:
             self._embodiment = self.embodiment_of(obs)
         e = self.embodiments[self._embodiment]
         if state.shape[0] != e["state_dim"]:
-            raise ValueError(f"observation 'agent_pos' has {state.shape[0]} dims, embodiment {e['name']!r} was "
-                             f"trained on {e['state_dim']}")
+            raise ValueError(
+                f"observation 'agent_pos' has {state.shape[0]} dims, embodiment {e['name']!r} was "
+                f"trained on {e['state_dim']}"
+            )
         frames = []
         for cam in e["cameras"]:
             if cam not in obs["pixels"]:
-                raise ValueError(f"observation lacks camera {cam!r} (found {sorted(obs['pixels'])}); embodiment "
-                                 f"{e['name']!r} needs cameras {e['cameras']}")
+                raise ValueError(
+                    f"observation lacks camera {cam!r} (found {sorted(obs['pixels'])}); embodiment "
+                    f"{e['name']!r} needs cameras {e['cameras']}"
+                )
             f = obs["pixels"][cam]
             want = (*e["image_size"], 3)
             if not isinstance(f, np.ndarray) or f.dtype != np.uint8 or f.shape != want:
-                raise ValueError(f"camera {cam!r}: frame {getattr(f, 'dtype', type(f).__name__)} "
-                                 f"{getattr(f, 'shape', '')}, the policy was trained on uint8 {want} (H, W, RGB); "
-                                 "resize the image or make the env with that width/height")
+                raise ValueError(
+                    f"camera {cam!r}: frame {getattr(f, 'dtype', type(f).__name__)} "
+                    f"{getattr(f, 'shape', '')}, the policy was trained on uint8 {want} (H, W, RGB); "
+                    "resize the image or make the env with that width/height"
+                )
             frames.append(f)
         self._history.append({"frames": frames, "state": state, "codes": None})
 
@@ -386,13 +419,18 @@ class RobotPolicy:
             codes = self.sessions["video_encoder"].run(None, {"frames": frames.transpose(0, 3, 1, 2)})[0]  # [B, h, w]
             k = len(todo[0]["frames"])
             for j, s in enumerate(todo):
-                s["codes"] = list(codes[j * k:(j + 1) * k])
+                s["codes"] = list(codes[j * k : (j + 1) * k])
         sp = self.special
         out = [sp["BOS"], *(self.text_start + b for b in prompt.encode("utf-8")), sp["SEP"]]
         for s in steps:
-            out += [sp["FRAME_OPEN"], *(int(c) + self.video_start for cam in s["codes"] for c in cam.ravel()),
-                    sp["FRAME_CLOSE"], sp["STATE_OPEN"], *self._encode_state(s["state"], self._embodiment),
-                    sp["STATE_CLOSE"]]
+            out += [
+                sp["FRAME_OPEN"],
+                *(int(c) + self.video_start for cam in s["codes"] for c in cam.ravel()),
+                sp["FRAME_CLOSE"],
+                sp["STATE_OPEN"],
+                *self._encode_state(s["state"], self._embodiment),
+                sp["STATE_CLOSE"],
+            ]
         out.append(sp["ACT_OPEN"])
         return out
 
@@ -408,15 +446,19 @@ class RobotPolicy:
             if n_emitted >= r["max_length"]:
                 m[close] = True
             else:
-                m[r["start"]: r["start"] + r["size"]] = True
+                m[r["start"] : r["start"] + r["size"]] = True
                 m[close] = r["length"] is None and n_emitted > 0  # fixed length: never close early
             self._masks[key] = (m, bool(m[close] and m.sum() == 1))
         return self._masks[key]
 
     def _run(self, ids: list[int], pos: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
         graph = "decode" if len(ids) == 1 else "prefill"
-        feed = {"idx": np.asarray([ids], dtype=np.int64), "pos": np.asarray(pos, dtype=np.int64), "k_cache": k,
-                "v_cache": v}
+        feed = {
+            "idx": np.asarray([ids], dtype=np.int64),
+            "pos": np.asarray(pos, dtype=np.int64),
+            "k_cache": k,
+            "v_cache": v,
+        }
         logits, k, v = self.sessions[graph].run(None, feed)
         return logits[0], k, v
 
@@ -425,8 +467,10 @@ class RobotPolicy:
         if self._prefix is None or self._prefix[0] != prefix or self._prefix[1].shape[3] < need:
             size = max(need, min(int(self.config.get("seq_len", 0)), int(self.model["max_seq_len"])))
             if size > int(self.model["max_seq_len"]):
-                raise ValueError(f"a context of {need} tokens exceeds the model's max_seq_len "
-                                 f"{self.model['max_seq_len']}; shorten the prompt")
+                raise ValueError(
+                    f"a context of {need} tokens exceeds the model's max_seq_len "
+                    f"{self.model['max_seq_len']}; shorten the prompt"
+                )
             m = self.model
             zeros = np.zeros((m["n_layer"], 1, m["n_head"], size, m["head_dim"]), dtype=np.float32)
             _, k, v = self._run(prefix, 0, zeros, zeros)

@@ -30,8 +30,14 @@ KIND_ACTION = 1  # action tokens and the action-closing marker: the policy loss
 KIND_FRAME = 2  # next-frame video tokens: the world-model loss (weighted)
 
 
-def write_shards(out_dir: str | Path, tokens: np.ndarray, kinds: np.ndarray, episodes: np.ndarray,
-                 meta: dict[str, Any], extra_files: dict[str, str | Path] | None = None) -> Path:
+def write_shards(
+    out_dir: str | Path,
+    tokens: np.ndarray,
+    kinds: np.ndarray,
+    episodes: np.ndarray,
+    meta: dict[str, Any],
+    extra_files: dict[str, str | Path] | None = None,
+) -> Path:
     """Write a shard directory atomically (temporary directory, then rename).
 
     ``tokens``/``kinds``: [N, L]; ``episodes``: [N, 2]. ``extra_files`` maps a name inside the shard
@@ -78,8 +84,9 @@ class TokenShards:
         self.root = Path(root)
         meta_path = self.root / "meta.json"
         if not meta_path.is_file():
-            raise FileNotFoundError(f"{self.root} is not a shard directory (no meta.json); "
-                                    "make one with robotok-pretokenize")
+            raise FileNotFoundError(
+                f"{self.root} is not a shard directory (no meta.json); make one with robotok-pretokenize"
+            )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         if self.meta.get("format") != FORMAT:
             raise ValueError(f"{self.root}: shard format {self.meta.get('format')!r}, expected {FORMAT!r}")

@@ -43,16 +43,25 @@ def check_frame_loss(ckpt_dir: str | Path) -> None:
     ckpt_dir = Path(ckpt_dir)
     policy = json.loads((ckpt_dir / "policy.json").read_text())
     if not policy.get("frame_loss", False):
-        raise ValueError(f"{ckpt_dir} was trained on shards without next-frame targets (policy.json frame_loss is "
-                         "false): it cannot imagine frames; pretokenize with --frame-loss and train again")
+        raise ValueError(
+            f"{ckpt_dir} was trained on shards without next-frame targets (policy.json frame_loss is "
+            "false): it cannot imagine frames; pretokenize with --frame-loss and train again"
+        )
     weight = json.loads((ckpt_dir / "config.json").read_text()).get("train", {}).get("frame_loss_weight", 0.0)
     if not weight or float(weight) <= 0:
-        raise ValueError(f"{ckpt_dir} was trained with frame_loss_weight {weight}: its frame tokens carried no "
-                         "loss, so it never learned to predict them; train with --frame-loss-weight W (e.g. 0.5)")
+        raise ValueError(
+            f"{ckpt_dir} was trained with frame_loss_weight {weight}: its frame tokens carried no "
+            "loss, so it never learned to predict them; train with --frame-loss-weight W (e.g. 0.5)"
+        )
 
 
-def pick(logits: torch.Tensor, mask: torch.Tensor, temperature: float = 0.0, top_k: int = 0,
-         generator: torch.Generator | None = None) -> int:
+def pick(
+    logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    generator: torch.Generator | None = None,
+) -> int:
     """One id from logits[V] restricted to mask[V] (bool): argmax, or a temperature/top-k sample."""
     logits = logits.float().masked_fill(~mask, float("-inf"))
     if temperature <= 0:
@@ -123,8 +132,10 @@ class Imagination:
         for cam in self.cameras:
             f = np.asarray(obs["pixels"][cam])
             if f.dtype != np.uint8 or f.shape != (*e["image_size"], 3):
-                raise ValueError(f"camera {cam!r}: frame {f.dtype} {f.shape}, the model was trained on uint8 "
-                                 f"{(*e['image_size'], 3)}; make the env with that width/height")
+                raise ValueError(
+                    f"camera {cam!r}: frame {f.dtype} {f.shape}, the model was trained on uint8 "
+                    f"{(*e['image_size'], 3)}; make the env with that width/height"
+                )
             frames.append(f)
         codes = p.video_tokenizer.encode(np.stack(frames))  # [cams, h, w]
         self.t = 0  # env steps since the real observation
@@ -139,8 +150,10 @@ class Imagination:
     def context(self) -> list[int]:
         """The context at the current step, built by the same ``TokenSpace.context`` as training rows."""
         p = self.wm.policy
-        steps = [(self._latest(self.frames, j), self._latest(self.states, j))
-                 for j in history_indices(self.t, p.history, p.history_stride)]
+        steps = [
+            (self._latest(self.frames, j), self._latest(self.states, j))
+            for j in history_indices(self.t, p.history, p.history_stride)
+        ]
         return self.wm.space.context(self.prompt, steps, self.embodiment)
 
     def set_state(self, state: np.ndarray) -> None:
@@ -159,11 +172,12 @@ class Imagination:
         assert context[: len(self._prefix)] == self._prefix and self._prefix[-1] == SEP
         need = len(context) + r.max_length + 2 + n_video
         if need > model.cfg.max_seq_len:
-            raise ValueError(f"context {len(context)} + at most {r.max_length + 2} action + {n_video} frame tokens "
-                             f"> the model's max_seq_len {model.cfg.max_seq_len}")
+            raise ValueError(
+                f"context {len(context)} + at most {r.max_length + 2} action + {n_video} frame tokens "
+                f"> the model's max_seq_len {model.cfg.max_seq_len}"
+            )
         if self._cache is None or self._cache.max_len < need:
-            self._cache = model.new_cache(1, max(need, min(int(p.config.get("seq_len", 0)) + 8,
-                                                           model.cfg.max_seq_len)))
+            self._cache = model.new_cache(1, max(need, min(int(p.config.get("seq_len", 0)) + 8, model.cfg.max_seq_len)))
             model.forward_cached(torch.tensor([self._prefix], device=p.device), self._cache)
         self._cache.truncate(len(self._prefix))
 
@@ -171,7 +185,7 @@ class Imagination:
             return model.forward_cached(torch.tensor([ids], device=p.device), self._cache)[0, -1]
 
         sample = {"temperature": p.temperature, "top_k": p.top_k, "generator": p.generator}
-        logits = feed(context[len(self._prefix):])
+        logits = feed(context[len(self._prefix) :])
         action_ids: list[int] = []
         while True:  # the action chunk, under the grammar of TokenSpace.allowed_after
             mask = wm.action_mask(len(action_ids), self.action_range)

@@ -57,8 +57,9 @@ class ArmIK:
         mujoco.mj_comPos(self.model, self.data)
         return self.data.site_xpos[self.site_id].copy(), self.data.site_xmat[self.site_id].reshape(3, 3).copy()
 
-    def solve(self, q_seed: np.ndarray, pos: np.ndarray, yaw: float, iters: int = 4,
-              max_step: float = 0.25) -> np.ndarray:
+    def solve(
+        self, q_seed: np.ndarray, pos: np.ndarray, yaw: float, iters: int = 4, max_step: float = 0.25
+    ) -> np.ndarray:
         """Joint positions [n] near ``q_seed`` that reach ``pos`` [3] pointing down at ``yaw``.
 
         A few DLS iterations from the seed: called every control step with the previous command as the

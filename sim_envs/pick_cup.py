@@ -91,9 +91,16 @@ class PickCupEnv(gym.Env):
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
-    def __init__(self, render_mode: str | None = None, width: int = 64, height: int = 64,
-                 num_cups: int | tuple[int, int] | None = None, prompt_templates: list[str] | None = None,
-                 control: str = "ee", reward_type: str = "sparse") -> None:
+    def __init__(
+        self,
+        render_mode: str | None = None,
+        width: int = 64,
+        height: int = 64,
+        num_cups: int | tuple[int, int] | None = None,
+        prompt_templates: list[str] | None = None,
+        control: str = "ee",
+        reward_type: str = "sparse",
+    ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: supported are None and 'rgb_array'")
         if not (isinstance(width, int) and isinstance(height, int) and 8 <= width <= 1024 and 8 <= height <= 1024):
@@ -105,8 +112,9 @@ class PickCupEnv(gym.Env):
         templates = list(DEFAULT_PROMPT_TEMPLATES if prompt_templates is None else prompt_templates)
         bad = [t for t in templates if not isinstance(t, str) or "{color}" not in t]
         if not templates or bad:
-            raise ValueError(f"prompt_templates={prompt_templates!r}: need a non-empty list of strings "
-                             "with '{{color}}'")
+            raise ValueError(
+                f"prompt_templates={prompt_templates!r}: need a non-empty list of strings with '{{{{color}}}}'"
+            )
         self.render_mode, self.width, self.height = render_mode, width, height
         self.num_cups_range = _parse_num_cups(num_cups)
         self.prompt_templates, self.control, self.reward_type = templates, control, reward_type
@@ -142,10 +150,12 @@ class PickCupEnv(gym.Env):
         # agent_pos bounds: the arm reaches < 1 m from its base; joint angles stay within their limits.
         state_lo = [-1.0, -1.0, -1.0, -np.pi, 0.0, 0.0] + [-2 * np.pi] * (6 if control == "joint" else 0)
         state_hi = [1.0, 1.0, 1.0, np.pi, 0.1, 1.0] + [2 * np.pi] * (6 if control == "joint" else 0)
-        self.observation_space = gym.spaces.Dict({
-            "pixels": gym.spaces.Dict({"front": pix, "wrist": pix}),
-            "agent_pos": gym.spaces.Box(np.array(state_lo, np.float32), np.array(state_hi, np.float32)),
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                "pixels": gym.spaces.Dict({"front": pix, "wrist": pix}),
+                "agent_pos": gym.spaces.Box(np.array(state_lo, np.float32), np.array(state_hi, np.float32)),
+            }
+        )
         self._renderer: mujoco.Renderer | None = None  # made on first render, inside the worker
         self.prompt, self.target_color, self.target_index = "", "", 0
         self.cup_colors: list[str] = []
@@ -195,8 +205,8 @@ class PickCupEnv(gym.Env):
             m.geom_contype[g] = m.geom_conaffinity[g] = 1 if used else 0
             m.body_gravcomp[b] = 0.0 if used else 1.0  # parked cups float out of sight, inert
             m.geom_rgba[g] = (*CUP_COLORS[self.cup_colors[i]], 1.0) if used else (0.0, 0.0, 0.0, 0.0)
-            d.qpos[a:a + 3] = (*xy[i], CUP_HALF_HEIGHT) if used else (-2.0 - i, 0.0, -0.5)
-            d.qpos[a + 3:a + 7] = (1.0, 0.0, 0.0, 0.0)
+            d.qpos[a : a + 3] = (*xy[i], CUP_HALF_HEIGHT) if used else (-2.0 - i, 0.0, -0.5)
+            d.qpos[a + 3 : a + 7] = (1.0, 0.0, 0.0, 0.0)
         d.qpos[self._arm_qadr] = self._home_q
         d.ctrl[:6] = self._home_q
         d.ctrl[6:8] = 0.0
@@ -281,8 +291,12 @@ class PickCupEnv(gym.Env):
         return {"reach": 1.0 - float(np.tanh(5.0 * dist)), "grasp": float(held), "lift": lift}
 
     def _info(self, success: bool, wrong: bool, terms: dict[str, float]) -> dict[str, Any]:
-        info: dict[str, Any] = {"prompt": self.prompt, "target_color": self.target_color,
-                                "is_success": bool(success), "wrong_object": bool(wrong)}
+        info: dict[str, Any] = {
+            "prompt": self.prompt,
+            "target_color": self.target_color,
+            "is_success": bool(success),
+            "wrong_object": bool(wrong),
+        }
         info.update({f"reward_{k}": v for k, v in terms.items()})
         return info
 
@@ -302,8 +316,10 @@ class PickCupEnv(gym.Env):
         return self._renderer.render()  # [H, W, 3] uint8, a fresh array
 
     def _obs(self) -> dict[str, Any]:
-        return {"pixels": {"front": self._render_camera("front"), "wrist": self._render_camera("wrist")},
-                "agent_pos": self._agent_pos()}
+        return {
+            "pixels": {"front": self._render_camera("front"), "wrist": self._render_camera("wrist")},
+            "agent_pos": self._agent_pos(),
+        }
 
     def render(self) -> np.ndarray | None:
         return self._render_camera("front") if self.render_mode == "rgb_array" else None

@@ -123,8 +123,9 @@ class CheckConfig:
             raise ValueError(f"noise={self.noise}: need 0 <= noise <= 1")
 
 
-def run_expert_episode(env: Any, seed: int, noise: float = 0.0,
-                       options: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_expert_episode(
+    env: Any, seed: int, noise: float = 0.0, options: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """One expert episode under the env's time limit: success, wrong lift, steps, and which cup rose."""
     obs, info = env.reset(seed=seed, options=options)
     expert = PickCupExpert(env, noise=noise)
@@ -133,8 +134,13 @@ def run_expert_episode(env: Any, seed: int, noise: float = 0.0,
         obs, _, term, trunc, info = env.step(expert(obs))
         steps += 1
     base = env.unwrapped
-    return {"success": bool(info["is_success"]), "wrong_object": bool(info["wrong_object"]), "steps": steps,
-            "highest_cup": base.cup_colors[int(np.argmax(base.cup_heights()))], "target": base.target_color}
+    return {
+        "success": bool(info["is_success"]),
+        "wrong_object": bool(info["wrong_object"]),
+        "steps": steps,
+        "highest_cup": base.cup_colors[int(np.argmax(base.cup_heights()))],
+        "target": base.target_color,
+    }
 
 
 def main() -> None:
@@ -153,8 +159,10 @@ def main() -> None:
     env.close()
     n, steps = len(results), sum(r["steps"] for r in results)
     failed = [cfg.seed_start + i for i, r in enumerate(results) if not r["success"]]
-    print(f"episodes {n}  noise {cfg.noise}  success_rate {sum(r['success'] for r in results) / n:.3f}  "
-          f"wrong_object {sum(r['wrong_object'] for r in results)}  mean_steps {steps / n:.1f}  "
-          f"steps_per_s {steps / elapsed:.0f} (expert + both cameras at {cfg.width}x{cfg.height})")
+    print(
+        f"episodes {n}  noise {cfg.noise}  success_rate {sum(r['success'] for r in results) / n:.3f}  "
+        f"wrong_object {sum(r['wrong_object'] for r in results)}  mean_steps {steps / n:.1f}  "
+        f"steps_per_s {steps / elapsed:.0f} (expert + both cameras at {cfg.width}x{cfg.height})"
+    )
     if failed:
         print(f"failed seeds: {failed}")

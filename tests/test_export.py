@@ -56,14 +56,18 @@ def rollout(env_id: str, seed: int, steps: int) -> list[tuple[dict, np.ndarray]]
 def write_dataset(root: Path, episodes: list[list[tuple[dict, np.ndarray]]]) -> LeRobotDataset:
     first = episodes[0][0][0]
     cams = sorted(first["pixels"])
-    features = {"observation.state": {"dtype": "float32", "shape": list(first["agent_pos"].shape)},
-                "action": {"dtype": "float32", "shape": list(episodes[0][0][1].shape)},
-                **{f"observation.images.{c}": {"dtype": "video", "shape": [64, 64, 3]} for c in cams}}
+    features = {
+        "observation.state": {"dtype": "float32", "shape": list(first["agent_pos"].shape)},
+        "action": {"dtype": "float32", "shape": list(episodes[0][0][1].shape)},
+        **{f"observation.images.{c}": {"dtype": "video", "shape": [64, 64, 3]} for c in cams},
+    }
     with LeRobotDatasetWriter(root, fps=20, features=features, robot_type=root.name) as w:
         for ep in episodes:
-            frames = {"observation.state": np.stack([o["agent_pos"] for o, _ in ep]),
-                      "action": np.stack([a for _, a in ep]),
-                      **{f"observation.images.{c}": np.stack([o["pixels"][c] for o, _ in ep]) for c in cams}}
+            frames = {
+                "observation.state": np.stack([o["agent_pos"] for o, _ in ep]),
+                "action": np.stack([a for _, a in ep]),
+                **{f"observation.images.{c}": np.stack([o["pixels"][c] for o, _ in ep]) for c in cams},
+            }
             w.add_episode(frames, ep[0][0]["task"])
     return LeRobotDataset(root)
 
@@ -89,16 +93,42 @@ def world(tmp_path_factory) -> dict:
     with torch.no_grad():  # wide random weights: frames then spread over the whole codebook
         for p in video.model.parameters():
             p.normal_(0.0, 0.3)
-    shards = pretokenize(datasets, toks, video, PretokenizeConfig(
-        out=str(root / "shards"), cameras=("front", "wrist", "top"), horizon=HORIZON, n_action_steps=2, history=2,
-        state_bins=32), progress=False)
-    ckpt = train(TrainConfig(data=shards, out=root / "ckpt", preset="micro", steps=2, batch_size=4, warmup_steps=1,
-                             dtype="fp32", device="cpu", val_fraction=0.0, eval_every=100, log_every=1,
-                             ckpt_every=100))
+    shards = pretokenize(
+        datasets,
+        toks,
+        video,
+        PretokenizeConfig(
+            out=str(root / "shards"),
+            cameras=("front", "wrist", "top"),
+            horizon=HORIZON,
+            n_action_steps=2,
+            history=2,
+            state_bins=32,
+        ),
+        progress=False,
+    )
+    ckpt = train(
+        TrainConfig(
+            data=shards,
+            out=root / "ckpt",
+            preset="micro",
+            steps=2,
+            batch_size=4,
+            warmup_steps=1,
+            dtype="fp32",
+            device="cpu",
+            val_fraction=0.0,
+            eval_every=100,
+            log_every=1,
+            ckpt_every=100,
+        )
+    )
     # Widen the random weights (as if initialised at a larger scale) so that greedy ids vary with the context.
     weights = load_file(ckpt / "model.safetensors")
-    save_file({k: v + 0.3 * torch.randn(v.shape) if v.dim() == 2 else v for k, v in weights.items()},
-              ckpt / "model.safetensors")
+    save_file(
+        {k: v + 0.3 * torch.randn(v.shape) if v.dim() == 2 else v for k, v in weights.items()},
+        ckpt / "model.safetensors",
+    )
     bundle = export_bundle(ckpt, root / "bundle")
     episodes = [rollout(ENVS[name], seed, 16) for name in ENVS for seed in (100, 101)]  # unseen seeds
     return {"root": root, "ckpt": ckpt, "bundle": bundle, "episodes": episodes}
@@ -111,8 +141,14 @@ def test_bundle_is_complete_checked_and_checksummed(world) -> None:
     assert {"robotok_version", "onnx_version", "onnxruntime_version", "torch_version", "opset"} <= manifest.keys()
     on_disk = {str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()} - {"manifest.json"}
     assert set(manifest["files"]) == on_disk
-    assert {*GRAPHS.values(), "token_space.json", "policy.json", "robotok_runtime.py",
-            "action/pick_cup.json", "action/drive.json"} <= on_disk
+    assert {
+        *GRAPHS.values(),
+        "token_space.json",
+        "policy.json",
+        "robotok_runtime.py",
+        "action/pick_cup.json",
+        "action/drive.json",
+    } <= on_disk
     for name, digest in manifest["files"].items():
         assert runtime.sha256_file(bundle / name) == digest
     for g in GRAPHS.values():
@@ -160,27 +196,33 @@ def test_bundle_reproduces_the_torch_policy(world) -> None:
 @pytest.mark.parametrize("via", ["bundle copy", "robotok.policy.runtime"])
 def test_runtime_runs_without_torch(world, tmp_path, via: str) -> None:
     obs = [o for o, _ in world["episodes"][0][:3]]
-    np.savez(tmp_path / "obs.npz", **{f"{i}_{c}": o["pixels"][c] for i, o in enumerate(obs) for c in o["pixels"]},
-             **{f"{i}_state": o["agent_pos"] for i, o in enumerate(obs)})
+    np.savez(
+        tmp_path / "obs.npz",
+        **{f"{i}_{c}": o["pixels"][c] for i, o in enumerate(obs) for c in o["pixels"]},
+        **{f"{i}_state": o["agent_pos"] for i, o in enumerate(obs)},
+    )
     bundle = world["bundle"]
     if via == "bundle copy":  # the robot's view: the bundle folder alone; importing torch would fail
         shutil.copytree(bundle, tmp_path / "robot_bundle")
         bundle = tmp_path / "robot_bundle"
-        head = ("class NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
-                "        if name.split('.')[0] == 'torch': raise ImportError('torch is not on the robot')\n"
-                f"sys.meta_path.insert(0, NoTorch()); sys.path.insert(0, {str(bundle)!r})\n"
-                "from robotok_runtime import RobotPolicy\n")
+        head = (
+            "class NoTorch:\n    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torch': raise ImportError('torch is not on the robot')\n"
+            f"sys.meta_path.insert(0, NoTorch()); sys.path.insert(0, {str(bundle)!r})\n"
+            "from robotok_runtime import RobotPolicy\n"
+        )
     else:
         head = "from robotok.policy.runtime import RobotPolicy\n"
-    script = ("import json, sys\nimport numpy as np\n" + head +
-              f"data = np.load({str(tmp_path / 'obs.npz')!r})\n"
-              f"policy = RobotPolicy({str(bundle)!r})\nout = []\n"
-              f"for i in range({len(obs)}):\n"
-              f"    o = {{'pixels': {{c: data[f'{{i}}_{{c}}'] for c in {sorted(obs[0]['pixels'])!r}}},\n"
-              f"         'agent_pos': data[f'{{i}}_state'], 'task': {obs[0]['task']!r}}}\n"
-              "    out.append(policy.infer(o)['actions'].tolist())\n"
-              "assert 'torch' not in sys.modules, 'torch was imported'\n"
-              "print(json.dumps(out))\n")
+    script = (
+        "import json, sys\nimport numpy as np\n" + head + f"data = np.load({str(tmp_path / 'obs.npz')!r})\n"
+        f"policy = RobotPolicy({str(bundle)!r})\nout = []\n"
+        f"for i in range({len(obs)}):\n"
+        f"    o = {{'pixels': {{c: data[f'{{i}}_{{c}}'] for c in {sorted(obs[0]['pixels'])!r}}},\n"
+        f"         'agent_pos': data[f'{{i}}_state'], 'task': {obs[0]['task']!r}}}\n"
+        "    out.append(policy.infer(o)['actions'].tolist())\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "print(json.dumps(out))\n"
+    )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     torch_policy = Policy.from_checkpoint(world["ckpt"])
@@ -202,9 +244,11 @@ def test_action_decoders_match_the_tokenizers(tmp_path, kind: str) -> None:
     from robotok.policy.export import action_tokenizer_json
 
     chunks = smooth_chunks(300, 3, 0)
-    tok = {"binning": lambda: BinningTokenizer(bins=16, strategy="quantile"),
-           "bspline": lambda: BSplineTokenizer(num_control_points=5, bins=32),
-           "dct_bpe": lambda: DCTBPETokenizer(scale=5.0, bpe_vocab_size=120)}[kind]().fit(chunks)
+    tok = {
+        "binning": lambda: BinningTokenizer(bins=16, strategy="quantile"),
+        "bspline": lambda: BSplineTokenizer(num_control_points=5, bins=32),
+        "dct_bpe": lambda: DCTBPETokenizer(scale=5.0, bpe_vocab_size=120),
+    }[kind]().fit(chunks)
     tok.save(tmp_path / kind)
     (tmp_path / "t.json").write_text(json.dumps(action_tokenizer_json(tmp_path / kind)))
     dec = runtime.load_action_decoder(tmp_path / "t.json")
@@ -240,8 +284,13 @@ def test_clear_errors_for_bad_observations_and_bundles(world, tmp_path) -> None:
     nan_state = bad(obs, agent_pos=np.full_like(obs["agent_pos"], np.nan))
     small = bad(obs, wrist=obs["pixels"]["wrist"][:32])
     floats = bad(obs, wrist=obs["pixels"]["wrist"].astype(np.float32))
-    for o, match in [(no_wrist, "lacks camera 'wrist'"), (no_task, "no 'task'"), (nan_state, "NaN"),
-                     (small, r"\(32, 64, 3\).*uint8 \(64, 64, 3\)"), (floats, "float32.*uint8")]:
+    for o, match in [
+        (no_wrist, "lacks camera 'wrist'"),
+        (no_task, "no 'task'"),
+        (nan_state, "NaN"),
+        (small, r"\(32, 64, 3\).*uint8 \(64, 64, 3\)"),
+        (floats, "float32.*uint8"),
+    ]:
         robot.reset()
         robot._embodiment = 0 if o is no_wrist else None
         with pytest.raises(ValueError, match=match):
@@ -267,12 +316,18 @@ def test_clear_errors_for_bad_observations_and_bundles(world, tmp_path) -> None:
 
 def test_int8_bundle_via_cli_gives_valid_actions(world, tmp_path) -> None:
     out = tmp_path / "int8"
-    res = subprocess.run([sys.executable, "-m", "robotok.policy.export", str(world["ckpt"]), "--out", str(out),
-                          "--int8"], capture_output=True, text=True, cwd=REPO)
+    res = subprocess.run(
+        [sys.executable, "-m", "robotok.policy.export", str(world["ckpt"]), "--out", str(out), "--int8"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert res.returncode == 0, res.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["int8"] and manifest["check"]["int8_decode_max_abs_logit_diff"] < 0.5 * manifest["check"][
-        "logit_scale"]
+    assert (
+        manifest["int8"]
+        and manifest["check"]["int8_decode_max_abs_logit_diff"] < 0.5 * manifest["check"]["logit_scale"]
+    )
     ops = {n.op_type for n in onnx.load(str(out / GRAPHS["decode"])).graph.node}
     assert ops & {"MatMulInteger", "DynamicQuantizeMatMul", "DynamicQuantizeLinear"}, ops
     fp32_size = (world["bundle"] / GRAPHS["decode"]).stat().st_size
@@ -311,8 +366,10 @@ def test_export_is_atomic_and_refuses_a_foreign_folder(world, tmp_path, monkeypa
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "todo.txt").write_text("keep me")
-    for argv, msg in [([str(world["ckpt"]), "--out", str(foreign)], "not a bundle"),
-                      ([str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "lacks config.json")]:
+    for argv, msg in [
+        ([str(world["ckpt"]), "--out", str(foreign)], "not a bundle"),
+        ([str(tmp_path / "nope"), "--out", str(tmp_path / "x")], "lacks config.json"),
+    ]:
         monkeypatch.setattr(sys, "argv", ["robotok-export", *argv])
         with pytest.raises(SystemExit, match=f"robotok-export: error: .*{msg}"):
             main()

@@ -40,9 +40,11 @@ PROMPTS = ("pick up the red cup", "pick up the blue cup")
 
 def write_dataset(root: Path, episodes: int = 4) -> Path:
     rng = np.random.default_rng(0)
-    features = {"observation.state": {"dtype": "float32", "shape": [6]},
-                "action": {"dtype": "float32", "shape": [5]},
-                **{f"observation.images.{c}": {"dtype": "video", "shape": [IMG, IMG, 3]} for c in CAMS}}
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [6]},
+        "action": {"dtype": "float32", "shape": [5]},
+        **{f"observation.images.{c}": {"dtype": "video", "shape": [IMG, IMG, 3]} for c in CAMS},
+    }
     with LeRobotDatasetWriter(root / "pick", fps=20, features=features, robot_type="pick") as w:
         for e in range(episodes):
             t = np.arange(12)[:, None]
@@ -62,22 +64,49 @@ def ckpt(tmp_path_factory) -> Path:
     """A micro checkpoint trained for a few steps on --frame-loss shards, through the real code paths."""
     root = tmp_path_factory.mktemp("imagine")
     ds = LeRobotDataset(write_dataset(root))
-    chunks = np.stack([action_chunk(ds.episode(i, load_images=False)["action"], t, HORIZON, 5)
-                       for i in range(ds.num_episodes) for t in range(12)])
+    chunks = np.stack(
+        [
+            action_chunk(ds.episode(i, load_images=False)["action"], t, HORIZON, 5)
+            for i in range(ds.num_episodes)
+            for t in range(12)
+        ]
+    )
     torch.manual_seed(0)
     vt = VideoTokenizer(cfg=VideoTokenizerConfig(image_size=(IMG, IMG), downsample=8, levels=(4, 4), channels=(8,)))
-    cfg = PretokenizeConfig(out=str(root / "shards"), cameras=CAMS, horizon=HORIZON, n_action_steps=N_ACT,
-                            history=2, frame_loss=True, state_bins=32)
+    cfg = PretokenizeConfig(
+        out=str(root / "shards"),
+        cameras=CAMS,
+        horizon=HORIZON,
+        n_action_steps=N_ACT,
+        history=2,
+        frame_loss=True,
+        state_bins=32,
+    )
     shards = pretokenize([("pick", ds)], [BinningTokenizer(bins=16).fit(chunks)], vt, cfg, progress=False)
-    train(TrainConfig(data=shards, out=root / "ckpt", preset="micro", steps=30, batch_size=8, lr=3e-3,
-                      warmup_steps=2, frame_loss_weight=0.5, dtype="fp32", val_fraction=0.0, log_every=10))
+    train(
+        TrainConfig(
+            data=shards,
+            out=root / "ckpt",
+            preset="micro",
+            steps=30,
+            batch_size=8,
+            lr=3e-3,
+            warmup_steps=2,
+            frame_loss_weight=0.5,
+            dtype="fp32",
+            val_fraction=0.0,
+            log_every=10,
+        )
+    )
     return root / "ckpt"
 
 
 def first_obs(seed: int = 0) -> dict:
     rng = np.random.default_rng(seed)
-    return {"pixels": {c: rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for c in CAMS},
-            "agent_pos": rng.normal(0, 0.5, 6).astype(np.float32)}
+    return {
+        "pixels": {c: rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for c in CAMS},
+        "agent_pos": rng.normal(0, 0.5, 6).astype(np.float32),
+    }
 
 
 def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt) -> None:
@@ -98,7 +127,7 @@ def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt)
         opens = [i for i, tok in enumerate(chunk.tokens[:a0]) if tok == FRAME_OPEN]
         assert len(opens) == 2
         if previous is not None:
-            assert chunk.tokens[opens[-1] + 1:opens[-1] + 1 + n_video] == previous
+            assert chunk.tokens[opens[-1] + 1 : opens[-1] + 1 + n_video] == previous
         previous = chunk.video_ids
         # KV-cached generation == the greedy choice of a full forward pass under the grammar's masks
         with torch.no_grad():
@@ -107,18 +136,19 @@ def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt)
             mask = wm.action_mask(j, 0)
             assert int(logits[a0 + j - 1].masked_fill(~mask, -math.inf).argmax()) == tok
         v0 = len(chunk.tokens) - n_video
-        assert chunk.tokens[v0 - 2:v0] == [ACT_CLOSE, FRAME_OPEN]
+        assert chunk.tokens[v0 - 2 : v0] == [ACT_CLOSE, FRAME_OPEN]
         for j, tok in enumerate(chunk.video_ids):
             assert int(logits[v0 + j - 1].masked_fill(~wm.video_mask, -math.inf).argmax()) == tok
     decoded = rollout.decode_frames(chunk.codes)
-    assert sorted(decoded) == sorted(CAMS) and all(f.shape == (IMG, IMG, 3) and f.dtype == np.uint8
-                                                  for f in decoded.values())
+    assert sorted(decoded) == sorted(CAMS) and all(
+        f.shape == (IMG, IMG, 3) and f.dtype == np.uint8 for f in decoded.values()
+    )
     # without a state from outside the first one is held; with one, the next context carries it
     s0 = space.encode_state(first_obs()["agent_pos"], 0)
-    assert rollout.context()[-(len(s0) + 2):-2] == s0
+    assert rollout.context()[-(len(s0) + 2) : -2] == s0
     new = np.full(6, 0.3, np.float32)
     rollout.set_state(new)
-    assert rollout.context()[-(len(s0) + 2):-2] == space.encode_state(new, 0)
+    assert rollout.context()[-(len(s0) + 2) : -2] == space.encode_state(new, 0)
 
 
 class Hostile(torch.nn.Module):
@@ -145,8 +175,17 @@ class Hostile(torch.nn.Module):
 @pytest.mark.parametrize("temperature", [0.0, 2.0])
 def test_frame_positions_admit_only_video_ids_even_from_a_hostile_model(ckpt, temperature) -> None:
     p = Policy.from_checkpoint(ckpt)
-    wm = WorldModel(Policy(Hostile(p.model, p.space), p.space, p.config, p.action_tokenizers, p.video_tokenizer,
-                           temperature=temperature, seed=3))
+    wm = WorldModel(
+        Policy(
+            Hostile(p.model, p.space),
+            p.space,
+            p.config,
+            p.action_tokenizers,
+            p.video_tokenizer,
+            temperature=temperature,
+            seed=3,
+        )
+    )
     for s in range(3):
         rollout = wm.start(first_obs(s), PROMPTS[s % 2])
         for _ in range(3):
@@ -167,12 +206,19 @@ def test_psnr_of_known_pairs() -> None:
     assert psnr(a, c) == pytest.approx(10 * math.log10(48))
     # cameras are pooled into one MSE: (0 + 256) / 2 = 128
     assert frames_psnr({"front": a, "wrist": a}, {"front": a, "wrist": b}) == pytest.approx(
-        10 * math.log10(255**2 / 128))
+        10 * math.log10(255**2 / 128)
+    )
     with pytest.raises(ValueError, match="one shape"):
         psnr(a, b[:2])
-    eps = [{"psnr_model": [30.0, 20.0], "psnr_copy_last": [25.0, 22.0], "psnr_copy_last_tokens": [20.0, 19.0],
-            "psnr_tokenizer": [35.0, 35.0]},
-           {"psnr_model": [26.0], "psnr_copy_last": [21.0], "psnr_copy_last_tokens": [18.0], "psnr_tokenizer": [33.0]}]
+    eps = [
+        {
+            "psnr_model": [30.0, 20.0],
+            "psnr_copy_last": [25.0, 22.0],
+            "psnr_copy_last_tokens": [20.0, 19.0],
+            "psnr_tokenizer": [35.0, 35.0],
+        },
+        {"psnr_model": [26.0], "psnr_copy_last": [21.0], "psnr_copy_last_tokens": [18.0], "psnr_tokenizer": [33.0]},
+    ]
     rows = summarize(eps, steps=3, n_action_steps=5, fps=20.0)
     assert [(r["episodes"], r["psnr/model"], r["psnr/copy_last"]) for r in rows] == [(2, 28.0, 23.0), (1, 20.0, 22.0)]
     assert rows[0]["ratio"] == pytest.approx(28 / 23) and rows[1]["gain_db"] == pytest.approx(-2.0)
@@ -216,8 +262,23 @@ def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> N
 
 def test_cli_writes_side_by_side_video_and_metrics(ckpt, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
-    args = ["robotok-imagine", "--policy", str(ckpt), "--env", "robotok/PickCup-v0", "--seed", "7", "--seeds", "2",
-            "--steps", "3", "--out", str(out), "--size", "32"]
+    args = [
+        "robotok-imagine",
+        "--policy",
+        str(ckpt),
+        "--env",
+        "robotok/PickCup-v0",
+        "--seed",
+        "7",
+        "--seeds",
+        "2",
+        "--steps",
+        "3",
+        "--out",
+        str(out),
+        "--size",
+        "32",
+    ]
     monkeypatch.setattr(sys, "argv", args)
     main()
     metrics = json.loads((out / "metrics.json").read_text())
@@ -251,8 +312,10 @@ def test_a_checkpoint_without_the_frame_loss_is_refused(ckpt, tmp_path, monkeypa
     (bad / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="--frame-loss-weight"):
         WorldModel.from_checkpoint(bad)
-    for argv, msg in [(["--policy", str(tmp_path / "nope")], "no such directory"),
-                      (["--policy", str(ckpt), "--env", "robotok/Nope-v0"], "unknown env id")]:
+    for argv, msg in [
+        (["--policy", str(tmp_path / "nope")], "no such directory"),
+        (["--policy", str(ckpt), "--env", "robotok/Nope-v0"], "unknown env id"),
+    ]:
         monkeypatch.setattr(sys, "argv", ["robotok-imagine", *argv, "--out", str(tmp_path / "o")])
         with pytest.raises(SystemExit, match=f"robotok-imagine: error: .*{msg}"):
             main()

@@ -26,20 +26,50 @@ def smooth_chunks(n: int, dim: int, seed: int) -> np.ndarray:
 def make_parts(history: int = 2):
     """A two-robot token space (fixed-length binning for the arm, variable DCT+BPE for the car), its
     policy.json, the tokenizers, and a randomly initialised video tokenizer."""
-    toks = [BinningTokenizer(bins=24).fit(smooth_chunks(200, 5, 0)),
-            DCTBPETokenizer(scale=6.0, bpe_vocab_size=150).fit(smooth_chunks(200, 2, 1))]
+    toks = [
+        BinningTokenizer(bins=24).fit(smooth_chunks(200, 5, 0)),
+        DCTBPETokenizer(scale=6.0, bpe_vocab_size=150).fit(smooth_chunks(200, 2, 1)),
+    ]
     torch.manual_seed(0)
     vt = VideoTokenizer(cfg=VideoTokenizerConfig(image_size=(IMG, IMG), downsample=8, levels=(4, 4), channels=(8,)))
-    ranges = [ActionRange("pick", toks[0].vocab_size, length=H * 5),
-              ActionRange("drive", toks[1].vocab_size, max_length=toks[1].max_tokens_per_chunk(H, 2))]
+    ranges = [
+        ActionRange("pick", toks[0].vocab_size, length=H * 5),
+        ActionRange("drive", toks[1].vocab_size, max_length=toks[1].max_tokens_per_chunk(H, 2)),
+    ]
     embodiments = [Embodiment("pick", [-1.0] * 7, [1.0] * 7, 0), Embodiment("drive", [-2.0] * 4, [2.0] * 4, 1)]
     space = TokenSpace(state_bins=32, video_vocab=vt.vocab_size, action_ranges=ranges, embodiments=embodiments)
-    emb = [{"name": "pick", "tasks": PROMPTS[:2], "cameras": ["front", "wrist"], "state_dim": 7, "action_dim": 5,
-            "tokenizer_dim": 5, "image_size": [IMG, IMG], "action_range": 0, "hold": [0.0, 0.0, 0.0, 0.0, 0.5]},
-           {"name": "drive", "tasks": PROMPTS[2:], "cameras": ["front", "top"], "state_dim": 4, "action_dim": 2,
-            "tokenizer_dim": 2, "image_size": [IMG, IMG], "action_range": 1, "hold": [0.1, -0.2]}]
-    config = {"horizon": H, "n_action_steps": 3, "history": history, "history_stride": 1, "seq_len": 160,
-              "embodiments": emb}
+    emb = [
+        {
+            "name": "pick",
+            "tasks": PROMPTS[:2],
+            "cameras": ["front", "wrist"],
+            "state_dim": 7,
+            "action_dim": 5,
+            "tokenizer_dim": 5,
+            "image_size": [IMG, IMG],
+            "action_range": 0,
+            "hold": [0.0, 0.0, 0.0, 0.0, 0.5],
+        },
+        {
+            "name": "drive",
+            "tasks": PROMPTS[2:],
+            "cameras": ["front", "top"],
+            "state_dim": 4,
+            "action_dim": 2,
+            "tokenizer_dim": 2,
+            "image_size": [IMG, IMG],
+            "action_range": 1,
+            "hold": [0.1, -0.2],
+        },
+    ]
+    config = {
+        "horizon": H,
+        "n_action_steps": 3,
+        "history": history,
+        "history_stride": 1,
+        "seq_len": 160,
+        "embodiments": emb,
+    }
     return space, config, toks, vt
 
 
@@ -50,8 +80,11 @@ def random_model(space: TokenSpace, seed: int = 0) -> Transformer:
 
 def random_obs(rng: np.random.Generator, robot: int) -> dict:
     cams, dim, prompts = (("front", "wrist"), 7, PROMPTS[:2]) if robot == 0 else (("front", "top"), 4, PROMPTS[2:])
-    return {"pixels": {c: rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for c in cams},
-            "agent_pos": rng.normal(0, 1.5, dim).astype(np.float32), "task": prompts[int(rng.integers(len(prompts)))]}
+    return {
+        "pixels": {c: rng.integers(0, 256, (IMG, IMG, 3), dtype=np.uint8) for c in cams},
+        "agent_pos": rng.normal(0, 1.5, dim).astype(np.float32),
+        "task": prompts[int(rng.integers(len(prompts)))],
+    }
 
 
 class Hostile(torch.nn.Module):
@@ -62,7 +95,7 @@ class Hostile(torch.nn.Module):
         self.inner, self.cfg = inner, inner.cfg
         bias = torch.full((inner.cfg.vocab_size,), 30.0)
         for r in space.action_ranges:
-            bias[r.start:r.start + r.size] = 0.0
+            bias[r.start : r.start + r.size] = 0.0
         self.register_buffer("bias", bias)
 
     def forward(self, idx, targets=None, weights=None):

@@ -21,7 +21,7 @@ def test_kv_cache_matches_full_forward(model):
     full, _ = model(idx)
     cache = model.new_cache(2, 96)
     parts = [model.forward_cached(idx[:, :40], cache)]  # prefill
-    parts += [model.forward_cached(idx[:, t:t + 1], cache) for t in range(40, 60)]  # token by token
+    parts += [model.forward_cached(idx[:, t : t + 1], cache) for t in range(40, 60)]  # token by token
     assert cache.pos == 60
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
@@ -37,7 +37,7 @@ def test_pure_forward_kv_matches_and_leaves_inputs_alone(model):
     assert k.abs().sum() == 0 and v.abs().sum() == 0, "forward_kv must not write into its inputs"
     outs = [logits_a]
     for t in range(25, 30):
-        logits_t, k1, v1 = model.forward_kv(idx[:, t:t + 1], torch.tensor(t), k1, v1)
+        logits_t, k1, v1 = model.forward_kv(idx[:, t : t + 1], torch.tensor(t), k1, v1)
         outs.append(logits_t)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
 

@@ -26,8 +26,13 @@ def test_namespace_folders_have_no_init(name: str) -> None:
 
 
 def test_repo_root_does_not_shadow_huggingface_tokenizers() -> None:
-    out = subprocess.run([sys.executable, "-c", "import tokenizers; print(tokenizers.__file__)"],
-                         cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+    out = subprocess.run(
+        [sys.executable, "-c", "import tokenizers; print(tokenizers.__file__)"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     assert "site-packages" in out and not out.startswith(str(ROOT / "tokenizers")), out
 
 
@@ -49,8 +54,23 @@ def test_wheel_holds_robotok_only(tmp_path: Path) -> None:
     """The built wheel installs one top-level package, robotok/, with the MJCF assets inside it."""
     import zipfile
 
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path), str(ROOT)], check=True, capture_output=True, cwd=tmp_path)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=tmp_path,
+    )
     (wheel,) = tmp_path.glob("robotok-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {n.split("/")[0] for n in names} == {"robotok", wheel.name.split("-py")[0] + ".dist-info"}, names

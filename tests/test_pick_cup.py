@@ -66,7 +66,7 @@ def test_front_camera_shows_each_cup_in_its_colour(env: PickCupEnv) -> None:
         for name, centre in zip(env.cup_colors, env.cup_positions(), strict=True):
             r, c = _project(env, centre + np.array([0.0, 0.0, 0.02]))
             assert 1 <= r < env.height - 1 and 1 <= c < env.width - 1, (seed, name, r, c)
-            patch = img[r - 1:r + 2, c - 1:c + 2].reshape(-1, 3).mean(0)
+            patch = img[r - 1 : r + 2, c - 1 : c + 2].reshape(-1, 3).mean(0)
             seen = names[int(np.argmin(np.abs(chroma - patch / patch.max()).sum(1)))]
             assert seen == name, (seed, name, seen, patch)
 
@@ -101,7 +101,7 @@ def test_episodes_vary_scene_and_lighting(env: PickCupEnv) -> None:
         tables.add(tuple(env.model.geom_rgba[env._table_geom].tolist()))
         lights.add(tuple(env.model.light_diffuse[0].tolist()))
         xy = env.cup_positions()[:, :2]
-        gaps = [np.hypot(*(p - q)) for i, p in enumerate(xy) for q in xy[i + 1:]]
+        gaps = [np.hypot(*(p - q)) for i, p in enumerate(xy) for q in xy[i + 1 :]]
         assert min(gaps) >= 0.15 and np.allclose(env.cup_heights(), 0.0, atol=2e-3), (seed, gaps)
     assert counts == {2, 3, 4} and len(tables) == 20 and len(lights) == 20
     for num_cups, allowed in ((2, {2}), ((3, 4), {3, 4})):
@@ -170,11 +170,18 @@ def test_lifting_the_wrong_cup_fails(env: PickCupEnv) -> None:
     assert env.cup_heights()[other] > 0.04 and reward == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "shown"), [
-    ({"num_cups": 5}, "5"), ({"num_cups": (3, 2)}, "(3, 2)"), ({"control": "torque"}, "torque"),
-    ({"width": 0}, "width=0"), ({"reward_type": "shaped"}, "shaped"),
-    ({"prompt_templates": ["pick a cup"]}, "pick a cup"), ({"render_mode": "human"}, "human"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "shown"),
+    [
+        ({"num_cups": 5}, "5"),
+        ({"num_cups": (3, 2)}, "(3, 2)"),
+        ({"control": "torque"}, "torque"),
+        ({"width": 0}, "width=0"),
+        ({"reward_type": "shaped"}, "shaped"),
+        ({"prompt_templates": ["pick a cup"]}, "pick a cup"),
+        ({"render_mode": "human"}, "human"),
+    ],
+)
 def test_bad_constructor_args_name_the_value(kwargs: dict, shown: str) -> None:
     with pytest.raises(ValueError, match=shown.replace("(", r"\(").replace(")", r"\)")):
         PickCupEnv(**kwargs)

@@ -111,8 +111,14 @@ def test_eval_reports_have_the_keys(smoke_run):
         videos = expert["results"][env]["expert"]["videos"]
         assert videos and all((out / "eval" / "expert" / v).is_file() for v in videos), videos
     md = (out / "report.md").read_text()
-    for heading in ("## Stages", "## Demonstrations", "## Tokenizers", "## Policy training",
-                    "## Evaluation on unseen seeds", "### Prompt grounding"):
+    for heading in (
+        "## Stages",
+        "## Demonstrations",
+        "## Tokenizers",
+        "## Policy training",
+        "## Evaluation on unseen seeds",
+        "### Prompt grounding",
+    ):
         assert heading in md
     assert (out / "plots" / "train_loss.png").is_file()
 

@@ -32,9 +32,11 @@ ROBOTS = {  # name: state dim, action dim, cameras, tasks
 def write_dataset(root: Path, name: str, episodes: int, seed: int) -> Path:
     s_dim, a_dim, cams, tasks = ROBOTS[name]
     rng = np.random.default_rng(seed)
-    features = {"observation.state": {"dtype": "float32", "shape": [s_dim]},
-                "action": {"dtype": "float32", "shape": [a_dim]},
-                **{f"observation.images.{c}": {"dtype": "video", "shape": [H, W, 3]} for c in cams}}
+    features = {
+        "observation.state": {"dtype": "float32", "shape": [s_dim]},
+        "action": {"dtype": "float32", "shape": [a_dim]},
+        **{f"observation.images.{c}": {"dtype": "video", "shape": [H, W, 3]} for c in cams},
+    }
     with LeRobotDatasetWriter(root / name, fps=20, features=features, robot_type=name) as w:
         for e in range(episodes):
             t = np.arange(int(rng.integers(9, 15)))[:, None]
@@ -64,12 +66,22 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     pick = LeRobotDataset(write_dataset(root, "pick", 3, 0))
     drive = LeRobotDataset(write_dataset(root, "drive", 2, 1))
-    toks = [BinningTokenizer(bins=32).fit(all_chunks(pick)),
-            DCTBPETokenizer(scale=8.0, bpe_vocab_size=200).fit(all_chunks(drive))]
+    toks = [
+        BinningTokenizer(bins=32).fit(all_chunks(pick)),
+        DCTBPETokenizer(scale=8.0, bpe_vocab_size=200).fit(all_chunks(drive)),
+    ]
     torch.manual_seed(0)
     vt = VideoTokenizer(cfg=VideoTokenizerConfig(image_size=(H, W), downsample=8, levels=(4, 4), channels=(8,)))
-    cfg = PretokenizeConfig(out=str(root / "shards"), cameras=("front", "wrist", "top"), horizon=HORIZON,
-                            n_action_steps=3, history=2, history_stride=2, frame_loss=True, state_bins=128)
+    cfg = PretokenizeConfig(
+        out=str(root / "shards"),
+        cameras=("front", "wrist", "top"),
+        horizon=HORIZON,
+        n_action_steps=3,
+        history=2,
+        history_stride=2,
+        frame_loss=True,
+        state_bins=128,
+    )
     out = pretokenize([("pick", pick), ("drive", drive)], toks, vt, cfg, progress=False)
     return {"root": root, "datasets": [pick, drive], "toks": toks, "vt": vt, "cfg": cfg, "out": out}
 
@@ -115,8 +127,9 @@ def test_every_row_parses_back_to_its_episode(world) -> None:
             bound = tok.bin_widths().max() / 2 + 1e-5 if d == 0 else 0.15
             assert np.abs(back - chunk).max() <= bound, (d, np.abs(back - chunk).max())
             nxt = min(len(ep["action"]) - 1, t + policy["n_action_steps"])
-            np.testing.assert_array_equal(space.video_codes(p["next_frame"]),
-                                          np.concatenate([codes[c][nxt].ravel() for c in emb["cameras"]]))
+            np.testing.assert_array_equal(
+                space.video_codes(p["next_frame"]), np.concatenate([codes[c][nxt].ravel() for c in emb["cameras"]])
+            )
             # kinds: action ids + ACT_CLOSE, then the next frame's ids + FRAME_CLOSE; PAD after the end
             n = int((tokens != PAD).sum())
             assert (tokens[n:] == PAD).all() and (kinds[n:] == KIND_NONE).all()
@@ -133,15 +146,18 @@ def test_shard_dir_carries_what_a_checkpoint_needs(world) -> None:
     assert policy["horizon"] == HORIZON and policy["n_action_steps"] == 3 and policy["history"] == 2
     assert policy["tasks"] == sorted({*ROBOTS["pick"][3], *ROBOTS["drive"][3]})
     assert [(e["state_dim"], e["action_dim"], e["hold"]) for e in policy["embodiments"]] == [
-        (7, 5, [0.0] * 5), (4, 2, [0.0] * 2)]
+        (7, 5, [0.0] * 5),
+        (4, 2, [0.0] * 2),
+    ]
     (a0, a1), (b0, b1) = space.ranges()["action/pick"], space.ranges()["action/drive"]
     assert a1 <= b0 and a1 - a0 == world["toks"][0].vocab_size and b1 - b0 == world["toks"][1].vocab_size
     chunk = all_chunks(world["datasets"][1])[:4]
     back = load_action_tokenizer(out / "tokenizers/action/drive")
     assert back.encode_batch(chunk) == world["toks"][1].encode_batch(chunk)
     frames = world["datasets"][0].episode_frames(0, "observation.images.front")
-    np.testing.assert_array_equal(VideoTokenizer.load(out / "tokenizers/video").encode(frames),
-                                  world["vt"].encode(frames))
+    np.testing.assert_array_equal(
+        VideoTokenizer.load(out / "tokenizers/video").encode(frames), world["vt"].encode(frames)
+    )
 
 
 def test_one_shared_tokenizer_pads_actions_to_its_dimension(world, tmp_path) -> None:
@@ -177,8 +193,11 @@ def test_inference_builds_the_same_context_as_the_shards(world, tmp_path) -> Non
         policy.reset()
         cams = policy.embodiments[d]["cameras"]
         for t in range(len(ep["action"])):
-            obs = {"pixels": {c: ep[f"observation.images.{c}"][t] for c in ROBOTS[ds.info["robot_type"]][2]},
-                   "agent_pos": ep["observation.state"][t], "task": ep["task"]}
+            obs = {
+                "pixels": {c: ep[f"observation.images.{c}"][t] for c in ROBOTS[ds.info["robot_type"]][2]},
+                "agent_pos": ep["observation.state"][t],
+                "task": ep["task"],
+            }
             policy._observe(obs)
             ctx = policy._context(obs["task"])
             assert policy._embodiment == d and cams
@@ -191,8 +210,19 @@ def test_cli_writes_shards_and_reports_bad_input(world, tmp_path, monkeypatch, c
     root = world["root"]
     world["toks"][0].save(tmp_path / "tok_pick")
     world["vt"].save(tmp_path / "video")
-    args = ["robotok-pretokenize", "--dataset", str(root / "pick"), "--action-tokenizer", str(tmp_path / "tok_pick"),
-            "--video-tokenizer", str(tmp_path / "video"), "--out", str(tmp_path / "shards"), "--horizon", "6"]
+    args = [
+        "robotok-pretokenize",
+        "--dataset",
+        str(root / "pick"),
+        "--action-tokenizer",
+        str(tmp_path / "tok_pick"),
+        "--video-tokenizer",
+        str(tmp_path / "video"),
+        "--out",
+        str(tmp_path / "shards"),
+        "--horizon",
+        "6",
+    ]
     monkeypatch.setattr(sys, "argv", args)
     main()
     assert len(TokenShards(tmp_path / "shards")) == int(world["datasets"][0].episode_lengths.sum())

@@ -21,10 +21,14 @@ from robotok.tokenizers.space import (
 
 def make_space() -> TokenSpace:
     return TokenSpace(
-        state_bins=64, video_vocab=1000,
+        state_bins=64,
+        video_vocab=1000,
         action_ranges=[ActionRange("pick", size=256, length=40), ActionRange("drive", size=300, max_length=12)],
-        embodiments=[Embodiment("pick", [-1.0, 0.0, 2.0], [1.0, 0.5, 2.0], action_range=0),
-                     Embodiment("drive", [-3.0, -3.0], [3.0, 3.0], action_range=1)])
+        embodiments=[
+            Embodiment("pick", [-1.0, 0.0, 2.0], [1.0, 0.5, 2.0], action_range=0),
+            Embodiment("drive", [-3.0, -3.0], [3.0, 3.0], action_range=1),
+        ],
+    )
 
 
 def test_ranges_contiguous_disjoint_and_within_vocab() -> None:
@@ -36,8 +40,14 @@ def test_ranges_contiguous_disjoint_and_within_vocab() -> None:
     assert spans[-1][1] == space.num_used <= space.vocab_size
     assert space.vocab_size % 64 == 0 and space.vocab_size - space.num_used < 64
     sizes = {name: hi - lo for name, (lo, hi) in space.ranges().items()}
-    assert sizes == {"special": len(SPECIAL), "text": 256, "state": 64, "video": 1000, "action/pick": 256,
-                     "action/drive": 300}
+    assert sizes == {
+        "special": len(SPECIAL),
+        "text": 256,
+        "state": 64,
+        "video": 1000,
+        "action/pick": 256,
+        "action/drive": 300,
+    }
 
 
 def test_json_round_trip_preserves_everything(tmp_path) -> None:
@@ -120,14 +130,13 @@ def test_allowed_after_follows_the_grammar() -> None:
 def test_sequence_parses_back() -> None:
     space = make_space()
     rng = np.random.default_rng(2)
-    steps = [([rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))], rng.uniform(-3, 3, 2))
-             for _ in range(2)]
+    steps = [([rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))], rng.uniform(-3, 3, 2)) for _ in range(2)]
     acts = rng.integers(0, 300, 7).tolist()
     nxt = [rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))]
     seq = space.sequence("drive left", steps, acts, embodiment=1, next_frame=nxt)
     assert seq.tokens[: len(space.context("drive left", steps, 1))] == space.context("drive left", steps, 1)
     a0, a1 = seq.action
-    assert space.action_tokens(seq.tokens[a0:a1 - 1], 1) == acts and seq.tokens[a1 - 1] == ACT_CLOSE
+    assert space.action_tokens(seq.tokens[a0 : a1 - 1], 1) == acts and seq.tokens[a1 - 1] == ACT_CLOSE
     f0, f1 = seq.frame
     assert f1 == len(seq.tokens) and f1 - f0 == 2 * 16 + 1
     parsed = space.parse(seq.tokens + [PAD] * 5)

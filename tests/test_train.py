@@ -33,7 +33,7 @@ def make_shards(root: Path, n: int = 32, length: int = 32, extras: bool = False)
     rng = np.random.default_rng(0)
     tokens = rng.integers(3, V, size=(n, length))
     tokens[:, 0] = 1
-    tokens[:, 20:] = tokens[:, 4:4 + length - 20]
+    tokens[:, 20:] = tokens[:, 4 : 4 + length - 20]
     kinds = np.zeros((n, length), np.uint8)
     kinds[:, 8:16] = KIND_FRAME
     kinds[:, 20:] = KIND_ACTION
@@ -43,14 +43,28 @@ def make_shards(root: Path, n: int = 32, length: int = 32, extras: bool = False)
         (root / "src" / "action").mkdir(parents=True)
         (root / "src" / "action" / "tok.json").write_text('{"kind": "binning"}')
         (root / "space.json").write_text('{"vocab_size": 40}')
-        extra = {"tokenizers": root / "src", "token_space.json": root / "space.json",
-                 "policy.json": root / "space.json"}
+        extra = {
+            "tokenizers": root / "src",
+            "token_space.json": root / "space.json",
+            "policy.json": root / "space.json",
+        }
     return write_shards(root / "shards", tokens, kinds, episodes, {"vocab_size": V}, extra_files=extra)
 
 
 def cfg_for(data: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(data=data, out=out, preset="micro", steps=6, batch_size=8, lr=5e-4, warmup_steps=2, dtype="fp32",
-                eval_every=3, log_every=1, ckpt_every=100)
+    base = dict(
+        data=data,
+        out=out,
+        preset="micro",
+        steps=6,
+        batch_size=8,
+        lr=5e-4,
+        warmup_steps=2,
+        dtype="fp32",
+        eval_every=3,
+        log_every=1,
+        ckpt_every=100,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -65,8 +79,20 @@ def max_diff(a: dict, b: dict) -> float:
 
 def test_tiny_model_fits_a_small_corpus_and_reports_val_accuracy(tmp_path):
     data = make_shards(tmp_path)
-    out = train(cfg_for(data, tmp_path / "ck", steps=200, batch_size=16, lr=3e-3, warmup_steps=10, val_fraction=0.25,
-                        eval_every=200, log_every=10, frame_loss_weight=0.0))
+    out = train(
+        cfg_for(
+            data,
+            tmp_path / "ck",
+            steps=200,
+            batch_size=16,
+            lr=3e-3,
+            warmup_steps=10,
+            val_fraction=0.25,
+            eval_every=200,
+            log_every=10,
+            frame_loss_weight=0.0,
+        )
+    )
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert log[0]["train/loss"] > 2.0 and log[-1]["train/loss"] < 0.05, [r["train/loss"] for r in log]
     # val/action_acc equals argmax accuracy at action positions of the held-out episodes, recomputed here
@@ -136,8 +162,9 @@ def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
     launcher = [sys.executable]
     if nproc:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
-    return subprocess.run([*launcher, "-m", "robotok.policy.train", *args], capture_output=True, text=True,
-                          env=env, timeout=300)
+    return subprocess.run(
+        [*launcher, "-m", "robotok.policy.train", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_bad_args_give_one_line_errors(tmp_path):
@@ -161,8 +188,28 @@ def test_torchrun_two_processes_match_one(tmp_path, mode):
     data = make_shards(tmp_path)
     one = train(cfg_for(data, tmp_path / "one"))
     same_split = train(cfg_for(data, tmp_path / "accum", grad_accum=2))  # the same per-rank split, one process
-    args = ["--data", str(data), "--out", str(tmp_path / mode), "--preset", "micro", "--steps", "6", "--batch-size",
-            "8", "--lr", "5e-4", "--warmup-steps", "2", "--dtype", "fp32", "--eval-every", "3", "--log-every", "1"]
+    args = [
+        "--data",
+        str(data),
+        "--out",
+        str(tmp_path / mode),
+        "--preset",
+        "micro",
+        "--steps",
+        "6",
+        "--batch-size",
+        "8",
+        "--lr",
+        "5e-4",
+        "--warmup-steps",
+        "2",
+        "--dtype",
+        "fp32",
+        "--eval-every",
+        "3",
+        "--log-every",
+        "1",
+    ]
     args += ["--fsdp"] if mode == "fsdp" else []
     for extra in (["--stop-at", "3"], ["--resume"]):
         r = run_cli(args + extra, nproc=2)

@@ -99,7 +99,7 @@ def test_encode_decode_shapes_and_dtypes(downsample: int, grid: tuple[int, int])
     assert rec.dtype == np.uint8 and rec.shape == frames.shape
     assert tok.encode(frames[:0]).shape == (0, *grid) and tok.decode(ids[:0]).shape == (0, 64, 64, 3)
     # Batching inside encode does not change the ids.
-    assert np.array_equal(np.concatenate([tok.encode(frames[i:i + 1]) for i in range(5)]), ids)
+    assert np.array_equal(np.concatenate([tok.encode(frames[i : i + 1]) for i in range(5)]), ids)
 
 
 def test_bad_inputs_raise_value_errors_naming_the_problem() -> None:
@@ -146,8 +146,16 @@ def test_onnx_encoder_matches_torch_ids(tmp_path: Path) -> None:
     randomise(tok.model)
     enc = tok.encoder_module()
     path = tmp_path / "encoder.onnx"
-    torch.onnx.export(enc, (torch.rand(2, 3, 64, 64),), str(path), input_names=["frames"], output_names=["ids"],
-                      dynamic_axes={"frames": {0: "batch"}, "ids": {0: "batch"}}, opset_version=17, dynamo=False)
+    torch.onnx.export(
+        enc,
+        (torch.rand(2, 3, 64, 64),),
+        str(path),
+        input_names=["frames"],
+        output_names=["ids"],
+        dynamic_axes={"frames": {0: "batch"}, "ids": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     frames = scenes(5, seed=3)
     x = frames.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
@@ -164,8 +172,7 @@ def test_tiny_model_overfits_a_handful_of_frames(tmp_path: Path) -> None:
     tok = VideoTokenizer(cfg.model_config((32, 32)))
     before = psnr(frames, tok.decode(tok.encode(frames))).mean()
     opt = torch.optim.AdamW(tok.model.parameters(), lr=cfg.lr)
-    train_video.train_steps(tok.model, opt, torch.from_numpy(frames.transpose(0, 3, 1, 2).copy()), cfg,
-                            progress=False)
+    train_video.train_steps(tok.model, opt, torch.from_numpy(frames.transpose(0, 3, 1, 2).copy()), cfg, progress=False)
     after = psnr(frames, tok.decode(tok.encode(frames))).mean()
     assert after > 25.0 and after > before + 10, (before, after)
 
@@ -211,8 +218,9 @@ def test_frame_loading_splits_by_episode_and_caps_frames(tmp_path: Path, monkeyp
         train_video.load_frames(TrainVideoConfig(dataset=(tmp_path / "zzz",)))
 
 
-def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resume_after_interruption_matches_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     frames = FrameSet(train=scenes(8, seed=5), held_out={"x": scenes(3, seed=6)})
     common = dict(steps=6, batch_size=4, warmup=2, checkpoint_every=3, threads=1, **TINY)
     full = train_video.train(TrainVideoConfig(out=tmp_path / "full", **common), frames)

@@ -45,8 +45,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 FORMAT = "robotok-token-space-v1"
-SPECIAL = ("PAD", "BOS", "EOS", "SEP", "FRAME_OPEN", "FRAME_CLOSE", "STATE_OPEN", "STATE_CLOSE",
-           "ACT_OPEN", "ACT_CLOSE")
+SPECIAL = (
+    "PAD",
+    "BOS",
+    "EOS",
+    "SEP",
+    "FRAME_OPEN",
+    "FRAME_CLOSE",
+    "STATE_OPEN",
+    "STATE_CLOSE",
+    "ACT_OPEN",
+    "ACT_CLOSE",
+)
 PAD, BOS, EOS, SEP, FRAME_OPEN, FRAME_CLOSE, STATE_OPEN, STATE_CLOSE, ACT_OPEN, ACT_CLOSE = range(len(SPECIAL))
 TEXT_SIZE = 256
 VOCAB_MULTIPLE = 64  # a round vocabulary size keeps the output matmul on fast GPU kernels
@@ -112,8 +122,10 @@ class TokenSpace:
 
     def __post_init__(self) -> None:
         if self.state_bins < 2 or self.video_vocab < 1 or not self.action_ranges:
-            raise ValueError(f"state_bins {self.state_bins} (>=2), video_vocab {self.video_vocab} (>=1), "
-                             f"{len(self.action_ranges)} action ranges (>=1)")
+            raise ValueError(
+                f"state_bins {self.state_bins} (>=2), video_vocab {self.video_vocab} (>=1), "
+                f"{len(self.action_ranges)} action ranges (>=1)"
+            )
         self.text_start = len(SPECIAL)
         self.state_start = self.text_start + TEXT_SIZE
         self.video_start = self.state_start + self.state_bins
@@ -129,9 +141,12 @@ class TokenSpace:
     # ---- ranges -----------------------------------------------------------------------------------
     def ranges(self) -> dict[str, tuple[int, int]]:
         """Name -> [start, stop) of every range, in id order."""
-        out = {"special": (0, self.text_start), "text": (self.text_start, self.state_start),
-               "state": (self.state_start, self.video_start),
-               "video": (self.video_start, self.video_start + self.video_vocab)}
+        out = {
+            "special": (0, self.text_start),
+            "text": (self.text_start, self.state_start),
+            "state": (self.state_start, self.video_start),
+            "video": (self.video_start, self.video_start + self.video_vocab),
+        }
         for r in self.action_ranges:
             out[f"action/{r.name}"] = (r.start, r.start + r.size)
         return out
@@ -250,8 +265,14 @@ class TokenSpace:
         out.append(ACT_OPEN)
         return out
 
-    def sequence(self, prompt: str, steps: list[tuple[list[np.ndarray], np.ndarray]], action_tokens: list[int],
-                 embodiment: int = 0, next_frame: list[np.ndarray] | None = None) -> Sequence:
+    def sequence(
+        self,
+        prompt: str,
+        steps: list[tuple[list[np.ndarray], np.ndarray]],
+        action_tokens: list[int],
+        embodiment: int = 0,
+        next_frame: list[np.ndarray] | None = None,
+    ) -> Sequence:
         """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame."""
         tokens = self.context(prompt, steps, embodiment)
         a0 = len(tokens)
@@ -299,27 +320,41 @@ class TokenSpace:
 
     # ---- serialisation ----------------------------------------------------------------------------
     def to_json(self) -> str:
-        return json.dumps({
-            "format": FORMAT, "special": list(SPECIAL), "text_size": TEXT_SIZE, "vocab_size": self.vocab_size,
-            "state_bins": self.state_bins, "video_vocab": self.video_vocab,
-            "action_ranges": [asdict(r) for r in self.action_ranges],
-            "embodiments": [asdict(e) for e in self.embodiments], "ranges": self.ranges(),
-        }, indent=2)
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "special": list(SPECIAL),
+                "text_size": TEXT_SIZE,
+                "vocab_size": self.vocab_size,
+                "state_bins": self.state_bins,
+                "video_vocab": self.video_vocab,
+                "action_ranges": [asdict(r) for r in self.action_ranges],
+                "embodiments": [asdict(e) for e in self.embodiments],
+                "ranges": self.ranges(),
+            },
+            indent=2,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> TokenSpace:
         d = json.loads(text)
         if d.get("format") != FORMAT or tuple(d.get("special", ())) != SPECIAL:
-            raise ValueError(f"token space format {d.get('format')!r} with specials {d.get('special')}; "
-                             f"this robotok reads {FORMAT!r} with {list(SPECIAL)}")
-        space = cls(state_bins=d["state_bins"], video_vocab=d["video_vocab"],
-                    action_ranges=[ActionRange(**{k: v for k, v in r.items() if k != "start"})
-                                   for r in d["action_ranges"]],
-                    embodiments=[Embodiment(**e) for e in d["embodiments"]])
+            raise ValueError(
+                f"token space format {d.get('format')!r} with specials {d.get('special')}; "
+                f"this robotok reads {FORMAT!r} with {list(SPECIAL)}"
+            )
+        space = cls(
+            state_bins=d["state_bins"],
+            video_vocab=d["video_vocab"],
+            action_ranges=[ActionRange(**{k: v for k, v in r.items() if k != "start"}) for r in d["action_ranges"]],
+            embodiments=[Embodiment(**e) for e in d["embodiments"]],
+        )
         saved = [r["start"] for r in d["action_ranges"]]
         if space.vocab_size != d["vocab_size"] or [r.start for r in space.action_ranges] != saved:
-            raise ValueError(f"token space layout disagrees with its file: vocab {space.vocab_size} vs "
-                             f"{d['vocab_size']}, action starts {[r.start for r in space.action_ranges]} vs {saved}")
+            raise ValueError(
+                f"token space layout disagrees with its file: vocab {space.vocab_size} vs "
+                f"{d['vocab_size']}, action starts {[r.start for r in space.action_ranges]} vs {saved}"
+            )
         return space
 
     def save(self, path: str | Path) -> Path:

@@ -86,16 +86,23 @@ class TrainVideoConfig:
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"steps={self.steps}, batch_size={self.batch_size} and "
-                             f"checkpoint_every={self.checkpoint_every} must be >= 1")
+            raise ValueError(
+                f"steps={self.steps}, batch_size={self.batch_size} and "
+                f"checkpoint_every={self.checkpoint_every} must be >= 1"
+            )
         if not 0.0 <= self.holdout < 1.0:
             raise ValueError(f"holdout must lie in [0, 1), got {self.holdout}")
         if self.lr <= 0 or self.warmup < 0 or self.max_frames < 1:
             raise ValueError(f"bad lr={self.lr}, warmup={self.warmup} or max_frames={self.max_frames}")
 
     def model_config(self, image_size: tuple[int, int]) -> VideoTokenizerConfig:
-        return VideoTokenizerConfig(image_size=image_size, downsample=self.downsample, levels=self.levels,
-                                    channels=self.channels, res_blocks=self.res_blocks)
+        return VideoTokenizerConfig(
+            image_size=image_size,
+            downsample=self.downsample,
+            levels=self.levels,
+            channels=self.channels,
+            res_blocks=self.res_blocks,
+        )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -130,8 +137,10 @@ def load_frames(cfg: TrainVideoConfig) -> FrameSet:
             wanted = {c if c.startswith("observation.images.") else f"observation.images.{c}" for c in cfg.cameras}
             keys = [k for k in keys if k in wanted]
         if not keys:
-            raise SystemExit(f"{PROG}: error: no camera of {list(cfg.cameras) or 'any'} in {root} "
-                             f"(it has {ds.camera_keys}); pass --cameras with some of those")
+            raise SystemExit(
+                f"{PROG}: error: no camera of {list(cfg.cameras) or 'any'} in {root} "
+                f"(it has {ds.camera_keys}); pass --cameras with some of those"
+            )
         tr, ho = split_episodes(ds.num_episodes, cfg.holdout, cfg.seed)
         lengths = {i: len(ds.episode(i, load_images=False)["frame_index"]) for i in tr}
         plans.append((Path(root).name, ds, keys, tr, ho, lengths))
@@ -142,15 +151,16 @@ def load_frames(cfg: TrainVideoConfig) -> FrameSet:
     for name, ds, keys, tr, ho, _ in tqdm(plans, desc="load frames", unit="dataset"):
         for i in tr:
             for k in keys:
-                train.append(ds.episode_frames(i, k)[int(rng.integers(stride))::stride])
+                train.append(ds.episode_frames(i, k)[int(rng.integers(stride)) :: stride])
         ev = [ds.episode_frames(i, k) for i in ho for k in keys]
         if ev:
             ev = np.concatenate(ev)
             held_out[name] = ev[np.linspace(0, len(ev) - 1, min(len(ev), cfg.max_eval_frames)).astype(int)]
     shapes = {f.shape[1:] for f in train} | {f.shape[1:] for f in held_out.values()}
     if len(shapes) != 1:
-        raise SystemExit(f"{PROG}: error: the datasets' frames differ in size ({sorted(shapes)}); "
-                         "record them at one image size")
+        raise SystemExit(
+            f"{PROG}: error: the datasets' frames differ in size ({sorted(shapes)}); record them at one image size"
+        )
     return FrameSet(train=np.concatenate(train), held_out=held_out)
 
 
@@ -176,8 +186,16 @@ def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, cfg: TrainVideoConfig)
     return loss
 
 
-def train_steps(model: VideoAutoencoder, opt: torch.optim.Optimizer, frames: torch.Tensor, cfg: TrainVideoConfig,
-                start: int = 0, gen: torch.Generator | None = None, on_step=None, progress: bool = True) -> float:
+def train_steps(
+    model: VideoAutoencoder,
+    opt: torch.optim.Optimizer,
+    frames: torch.Tensor,
+    cfg: TrainVideoConfig,
+    start: int = 0,
+    gen: torch.Generator | None = None,
+    on_step=None,
+    progress: bool = True,
+) -> float:
     """Run steps start..cfg.steps-1 on frames[N, 3, H, W] uint8; returns the mean loss of the last 50 steps.
 
     `on_step(step)` is called after each step (checkpoints); batches come from `gen` (seeded, resumable).
@@ -224,11 +242,16 @@ def evaluate(tok: VideoTokenizer, held_out: dict[str, np.ndarray]) -> dict[str, 
     return res
 
 
-def _save_checkpoint(out: Path, tok: VideoTokenizer, opt: torch.optim.Optimizer, gen: torch.Generator,
-                     step: int, cfg: TrainVideoConfig) -> None:
+def _save_checkpoint(
+    out: Path, tok: VideoTokenizer, opt: torch.optim.Optimizer, gen: torch.Generator, step: int, cfg: TrainVideoConfig
+) -> None:
     tok.save(out)
-    state = {"step": step, "optimizer": opt.state_dict(), "generator": gen.get_state(),
-             "train_config": json.dumps(asdict(cfg), default=str)}
+    state = {
+        "step": step,
+        "optimizer": opt.state_dict(),
+        "generator": gen.get_state(),
+        "train_config": json.dumps(asdict(cfg), default=str),
+    }
     fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{STATE_FILE}.")
     os.close(fd)
     torch.save(state, tmp)
@@ -250,8 +273,10 @@ def train(cfg: TrainVideoConfig, frames: FrameSet | None = None) -> dict:
     if cfg.resume and (out / STATE_FILE).is_file():
         tok = VideoTokenizer.load(out, device=cfg.device)
         if tok.cfg != mcfg:
-            raise SystemExit(f"{PROG}: error: --resume found a tokenizer {tok.cfg} in {out}, but the flags ask for "
-                             f"{mcfg}; use the same flags or a new --out")
+            raise SystemExit(
+                f"{PROG}: error: --resume found a tokenizer {tok.cfg} in {out}, but the flags ask for "
+                f"{mcfg}; use the same flags or a new --out"
+            )
     else:
         if cfg.resume:
             print(f"{PROG}: no checkpoint in {out}; starting from scratch", file=sys.stderr)
@@ -264,8 +289,11 @@ def train(cfg: TrainVideoConfig, frames: FrameSet | None = None) -> dict:
         start = int(state["step"]) + 1
     # Channels-first once, so each step only gathers and scales a batch.
     train_frames = torch.from_numpy(np.ascontiguousarray(frames.train.transpose(0, 3, 1, 2)))
-    print(f"{PROG}: {len(train_frames)} training frames {h}x{w}, held out {sum(map(len, frames.held_out.values()))}; "
-          f"{tok.tokens_per_frame} tokens/frame, vocab {tok.vocab_size}; steps {start}..{cfg.steps}", file=sys.stderr)
+    print(
+        f"{PROG}: {len(train_frames)} training frames {h}x{w}, held out {sum(map(len, frames.held_out.values()))}; "
+        f"{tok.tokens_per_frame} tokens/frame, vocab {tok.vocab_size}; steps {start}..{cfg.steps}",
+        file=sys.stderr,
+    )
 
     def on_step(step: int) -> None:
         if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == cfg.steps:

@@ -256,8 +256,10 @@ class VideoTokenizer:
     def _check_frames(self, frames: np.ndarray) -> None:
         h, w = self.cfg.image_size
         if not isinstance(frames, np.ndarray) or frames.dtype != np.uint8:
-            raise ValueError(f"frames must be a uint8 numpy array [B, {h}, {w}, 3], got {type(frames).__name__} "
-                             f"of dtype {getattr(frames, 'dtype', None)}")
+            raise ValueError(
+                f"frames must be a uint8 numpy array [B, {h}, {w}, 3], got {type(frames).__name__} "
+                f"of dtype {getattr(frames, 'dtype', None)}"
+            )
         if frames.ndim != 4 or frames.shape[1:] != (h, w, 3):
             raise ValueError(f"frames must have shape [B, {h}, {w}, 3], got {frames.shape}")
 
@@ -267,7 +269,7 @@ class VideoTokenizer:
         self._check_frames(frames)
         out = []
         for i in range(0, len(frames), self.batch_size):
-            x = torch.from_numpy(frames[i:i + self.batch_size]).to(self.device)
+            x = torch.from_numpy(frames[i : i + self.batch_size]).to(self.device)
             x = rearrange(x, "b h w c -> b c h w").float() / 255.0
             out.append(self.model.encode_ids(x).cpu())
         gh, gw = self.grid
@@ -284,7 +286,7 @@ class VideoTokenizer:
             raise ValueError(f"ids must lie in [0, {self.vocab_size}), got range [{ids.min()}, {ids.max()}]")
         out = []
         for i in range(0, len(ids), self.batch_size):
-            t = torch.from_numpy(ids[i:i + self.batch_size].astype(np.int64)).to(self.device)
+            t = torch.from_numpy(ids[i : i + self.batch_size].astype(np.int64)).to(self.device)
             x = self.model.decode_ids(t)
             out.append((rearrange(x, "b c h w -> b h w c") * 255.0).round().to(torch.uint8).cpu())
         h, w = self.cfg.image_size
