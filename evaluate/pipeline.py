@@ -53,7 +53,7 @@ PROG = "robotok-pipeline"
 STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
 TASKS = {"pickcup": "robotok/PickCup-v0", "drive": "robotok/Drive-v0"}  # data/<task>/ <- env id
 CLI_MODULES = {
-    "robotok-record": "robotok.datasets.record",
+    "robotok-record": "robotok.sim_envs.record",
     "robotok-fit-tokenizers": "robotok.tokenizers.fit",
     "robotok-train-video-tokenizer": "robotok.tokenizers.train_video",
     "robotok-pretokenize": "robotok.policy.pretokenize",

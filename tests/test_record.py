@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from robotok.datasets.lerobot_v3 import LeRobotDataset
-from robotok.datasets.record import RecordConfig, main, record, run_episode
+from robotok.sim_envs.record import RecordConfig, main, record, run_episode
 
 
 def make_env(env_id: str):

@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 import tyro
 from tqdm import tqdm
 
 from robotok.datasets.layout import assemble
 from robotok.datasets.lerobot_v3 import LeRobotDatasetWriter
+from robotok.sim_envs import make_expert  # importing the package also registers the env ids
 
 
 class RecordError(RuntimeError):
@@ -84,8 +86,6 @@ class RecordConfig:
 
 def run_episode(env: Any, seed: int, noise: float) -> tuple[dict[str, np.ndarray], str, bool]:
     """One expert episode: (frames dict keyed as the dataset's features, prompt, success)."""
-    from robotok.sim_envs import make_expert
-
     obs, info = env.reset(seed=seed)
     expert = make_expert(env, noise=noise)
     prompt = info["prompt"]
@@ -117,10 +117,6 @@ def features_of(episode: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
 
 def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, report: Callable[[tuple], None]) -> dict:
     """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest."""
-    import gymnasium as gym
-
-    import robotok.sim_envs  # noqa: F401  (registers the env ids)
-
     env = gym.make(cfg.env, width=cfg.width, height=cfg.height)
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
     writer: LeRobotDatasetWriter | None = None
@@ -163,10 +159,6 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.exists():
         raise SystemExit(f"robotok-record: error: {out} already exists; choose another --out or remove it")
-    import gymnasium as gym
-
-    import robotok.sim_envs  # noqa: F401
-
     if cfg.env not in gym.registry:
         known = ", ".join(k for k in gym.registry if k.startswith("robotok/"))
         raise SystemExit(f"robotok-record: error: unknown env id {cfg.env!r}; use one of: {known}")
