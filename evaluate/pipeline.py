@@ -45,7 +45,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -93,44 +93,40 @@ class Preset:
     device: str = "cpu"
 
 
+_CPU = Preset(
+    episodes=200,
+    noise=0.3,
+    record_workers=2,
+    image_size=64,
+    horizon=10,
+    n_action_steps=5,
+    action_kind="bspline",
+    control_points=4,
+    cameras=("front",),
+    history=1,
+    video_downsample=8,
+    video_channels=(16, 32, 64),
+    video_steps=1000,
+    video_batch=32,
+    model="tiny",
+    train_steps=3000,
+    train_batch=32,
+    lr=1e-3,
+    warmup=150,
+    eval_episodes=100,
+    sweep_episodes=20,
+    eval_workers=2,
+    videos=2,
+)
+# The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {
-    "cpu": Preset(
-        episodes=200,
-        noise=0.3,
-        record_workers=2,
-        image_size=64,
-        horizon=10,
-        n_action_steps=5,
-        action_kind="bspline",
-        control_points=4,
-        cameras=("front",),
-        history=1,
-        video_downsample=8,
-        video_channels=(16, 32, 64),
-        video_steps=1000,
-        video_batch=32,
-        model="tiny",
-        train_steps=3000,
-        train_batch=32,
-        lr=1e-3,
-        warmup=150,
-        eval_episodes=100,
-        sweep_episodes=20,
-        eval_workers=2,
-        videos=2,
-    ),
-    "gpu": Preset(
+    "cpu": _CPU,
+    "gpu": replace(
+        _CPU,
         episodes=1000,
-        noise=0.3,
         record_workers=16,
-        image_size=64,
-        horizon=10,
-        n_action_steps=5,
-        action_kind="bspline",
-        control_points=4,
         cameras=("front", "wrist", "top"),
         history=2,
-        video_downsample=8,
         video_channels=(32, 64, 96),
         video_steps=3000,
         video_batch=64,
@@ -145,25 +141,16 @@ PRESETS: dict[str, Preset] = {
         videos=4,
         device="cuda",
     ),
-    "smoke": Preset(
+    "smoke": replace(
+        _CPU,
         episodes=3,
-        noise=0.3,
         record_workers=1,
-        image_size=64,
-        horizon=10,
-        n_action_steps=5,
-        action_kind="bspline",
-        control_points=4,
-        cameras=("front",),
-        history=1,
-        video_downsample=8,
         video_channels=(8, 16, 16),
         video_steps=10,
         video_batch=8,
         model="micro",
         train_steps=10,
         train_batch=8,
-        lr=1e-3,
         warmup=2,
         eval_episodes=1,
         sweep_episodes=1,
