@@ -28,11 +28,13 @@ for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of e
 check the wiring (its policy is not expected to succeed).
 
 Sizing the cpu preset (measured on 2 cores): the ``tiny`` model trains at about 11k tokens/s with a
-front camera of 64 video tokens (a PickCup sequence is 148 tokens), so 3000 steps of 32 sequences
-(2.8 passes over 200 + 200 demonstrations) take about 22 minutes; the other stages are estimated at about
-15 from their CPU time. After 1.1 passes (2400 steps of 16) Drive succeeded in 35% of unseen seeds and
-PickCup in none: the policy must find the named cup's colour in the video tokens, the slowest thing it
-learns. On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
+front camera of 64 video tokens (a PickCup sequence is 148 tokens), so 3500 steps of 32 sequences take
+about 25 minutes; the other stages take about 15. PickCup records 500 episodes to Drive's 200 because its
+episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
+each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
+(``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
+at all, and the policy could not find the one the prompt names.
+On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
 a descheduled thread (8x slower, measured).
 """
 
@@ -67,7 +69,7 @@ EVAL_SEED_START = 100_000  # demonstrations use seeds from 0: evaluation scenes 
 class Preset:
     """Every choice of the demo in one place; see the module docstring of each command for its meaning."""
 
-    episodes: int  # demonstrations per task
+    episodes: dict[str, int]  # demonstrations per task (TASKS key): a PickCup episode is ~46 steps, a Drive one ~125
     noise: float  # expert noise: perturbations the expert recovers from, so the data shows recoveries
     record_workers: int
     image_size: int  # square camera images
@@ -94,7 +96,7 @@ class Preset:
 
 
 _CPU = Preset(
-    episodes=200,
+    episodes={"pickcup": 500, "drive": 200},
     noise=0.3,
     record_workers=2,
     image_size=64,
@@ -105,11 +107,11 @@ _CPU = Preset(
     cameras=("front",),
     history=1,
     video_downsample=8,
-    video_channels=(16, 32, 64),
-    video_steps=1000,
+    video_channels=(32, 64, 96),
+    video_steps=2000,
     video_batch=32,
     model="tiny",
-    train_steps=3000,
+    train_steps=3500,
     train_batch=32,
     lr=1e-3,
     warmup=150,
@@ -123,7 +125,7 @@ PRESETS: dict[str, Preset] = {
     "cpu": _CPU,
     "gpu": replace(
         _CPU,
-        episodes=1000,
+        episodes={"pickcup": 2500, "drive": 1000},
         record_workers=16,
         cameras=("front", "wrist", "top"),
         history=2,
@@ -143,7 +145,7 @@ PRESETS: dict[str, Preset] = {
     ),
     "smoke": replace(
         _CPU,
-        episodes=3,
+        episodes={"pickcup": 3, "drive": 3},
         record_workers=1,
         video_channels=(8, 16, 16),
         video_steps=10,
@@ -199,7 +201,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 "--env",
                 env,
                 "--episodes",
-                str(p.episodes),
+                str(p.episodes[t]),
                 "--out",
                 d[t],
                 "--workers",

@@ -37,7 +37,7 @@ def test_datasets_read_back(smoke_run):
     p = PRESETS["smoke"]
     for task, adim, sdim in (("pickcup", 5, 6), ("drive", 2, 9)):
         ds = LeRobotDataset(out / "data" / task)
-        assert ds.num_episodes == p.episodes
+        assert ds.num_episodes == p.episodes[task]
         ep = ds.episode(0)
         t = len(ep["action"])
         assert ep["action"].shape == (t, adim) and ep["observation.state"].shape == (t, sdim)

@@ -177,6 +177,26 @@ def test_tiny_model_overfits_a_handful_of_frames(tmp_path: Path) -> None:
     assert after > 25.0 and after > before + 10, (before, after)
 
 
+def test_object_weights_lift_small_objects_over_the_dominant_colour() -> None:
+    x = torch.full((2, 3, 16, 16), 0.6)  # a table colour
+    x[0, :, 4:7, 9:12] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]  # a 3x3 red cup in frame 0
+    w = train_video.object_weights(x, gain=4.0)
+    assert w.shape == (2, 1, 16, 16)
+    assert torch.allclose(w[1], torch.ones_like(w[1]))  # no object: every pixel weighs 1
+    assert torch.allclose(w[0, 0, 4:7, 9:12], torch.full((3, 3), 5.0))
+    assert float(w[0].sum()) == pytest.approx(256 - 9 + 9 * 5.0)
+    # The same error costs more on the cup than on the table, and the mean weight stays at one.
+    cfg = TrainVideoConfig(object_weight=4.0, edge_weight=0.0)
+    on_cup, on_table = x.clone(), x.clone()
+    on_cup[0, :, 5, 10] += 0.2
+    on_table[0, :, 12, 2] += 0.2
+    assert train_video.reconstruction_loss(on_cup, x, cfg) > 2 * train_video.reconstruction_loss(on_table, x, cfg)
+    flat = TrainVideoConfig(object_weight=0.0, edge_weight=0.0)
+    assert torch.isclose(
+        train_video.reconstruction_loss(on_cup, x, flat), train_video.reconstruction_loss(on_table, x, flat)
+    )
+
+
 def _fake_dataset_module(episodes: dict[str, list[np.ndarray]]) -> types.ModuleType:
     """A stand-in for robotok.datasets.lerobot_v3 exposing only what the trainer reads."""
 

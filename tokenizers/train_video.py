@@ -5,7 +5,11 @@
 Frames are decoded once into one compact uint8 array (a 64x64 frame is 12 KB; `--max-frames` caps it
 with an even stride over time), so no video is decoded inside the training loop. Episodes are split
 into train and held-out sets per dataset; the held-out PSNR per dataset lands in `<out>/eval.json`.
-Loss: L1 + MSE + an edge term (L1 between image gradients, which keeps cup rims and road edges sharp).
+Loss: L1 + MSE + an edge term (L1 between image gradients, which keeps cup rims and road edges sharp), with
+the pixel terms weighted up to 1 + `--object-weight` away from the frame's dominant colour: without it a
+short run paints the table and drops the 6 px cups altogether (21.3 dB held-out on PickCup, no cup in the
+reconstructions); with 4 the cups come back in their colours and PSNR rises with them (24.2 dB; 1,000
+steps x 32 frames, channels 16 32 64). See `object_weights`.
 AdamW, linear warm-up then cosine decay, bf16 autocast (fp32 master weights), periodic checkpoints,
 `--resume` continues from `<out>/train_state.pt`.
 """
@@ -65,6 +69,8 @@ class TrainVideoConfig:
     """Weight of the image-gradient L1 term."""
     mse_weight: float = 1.0
     """Weight of the MSE term (PSNR is an MSE measure)."""
+    object_weight: float = 4.0
+    """Extra pixel-loss weight on pixels away from the frame's dominant colour (cups, gripper, cones); 0 = off."""
     max_frames: int = 100_000
     """Cap on training frames kept in memory (100k 64x64 frames = 1.2 GB); sampled with an even stride."""
     holdout: float = 0.1
@@ -175,10 +181,32 @@ def lr_at(step: int, cfg: TrainVideoConfig) -> float:
     return cfg.lr * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def object_weights(x: torch.Tensor, gain: float) -> torch.Tensor:
+    """Per-pixel loss weights [B, 1, H, W]: 1 on the frame's dominant colour, up to 1 + gain elsewhere.
+
+    The dominant colour (per-channel median: the table, the asphalt) covers most pixels, so a plain
+    pixel loss is minimised first by painting it and leaves the few pixels of a 6 px cup for last;
+    weighting pixels by their distance from it makes the small objects the policy needs count early.
+    """
+    med = x.flatten(2).median(dim=2).values[..., None, None]
+    dist = (x - med).abs().sum(1, keepdim=True)
+    return 1.0 + gain * (dist / 0.15).clamp(max=1.0)
+
+
 def reconstruction_loss(y: torch.Tensor, x: torch.Tensor, cfg: TrainVideoConfig) -> torch.Tensor:
-    """L1 + mse_weight * MSE + edge_weight * L1 of the horizontal and vertical image gradients; y, x [B, 3, H, W]."""
+    """Weighted L1 + mse_weight * MSE, plus edge_weight * L1 of the image gradients; y, x [B, 3, H, W].
+
+    With ``cfg.object_weight`` > 0 the pixel terms are weighted by :func:`object_weights` (normalised
+    to a mean weight of one per frame batch, so the loss scale and the learning rate do not move).
+    """
     y = y.float()
-    loss = (y - x).abs().mean() + cfg.mse_weight * (y - x).square().mean()
+    err = y - x
+    if cfg.object_weight:
+        w = object_weights(x, cfg.object_weight)
+        w = w / w.mean()
+        loss = (w * err.abs()).mean() + cfg.mse_weight * (w * err.square()).mean()
+    else:
+        loss = err.abs().mean() + cfg.mse_weight * err.square().mean()
     if cfg.edge_weight:
         gy = (y[..., 1:, :] - y[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
         gx = (y[..., :, 1:] - y[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
