@@ -43,7 +43,7 @@ class BenchConfig:
     out: Path = Path("benchmarks/results/video_tokenizer")
     """Where the JSON and the PNG grid go."""
     cameras: tuple[str, ...] = ()
-    """Camera names or keys; empty = every camera."""
+    """Camera names or keys; empty = the cameras the tokenizer was trained on (its eval.json), else every camera."""
     max_frames: int = 600
     """Held-out frames per dataset (evenly spaced)."""
     threads: int = 0
@@ -128,10 +128,13 @@ def main() -> None:
     if (cfg.tokenizer / "eval.json").is_file():
         train_cfg = json.loads((cfg.tokenizer / "eval.json").read_text()).get("config", {})
     holdout, seed = float(train_cfg.get("holdout", 0.1)), int(train_cfg.get("seed", 0))
+    if not cfg.cameras and train_cfg.get("cameras"):
+        cfg.cameras = tuple(train_cfg["cameras"])  # score the views it was trained on, not every camera
     bits = tok.bits_per_frame
     print(
         f"tokenizer {cfg.tokenizer}: {tok.tokens_per_frame} tokens/frame x log2({tok.vocab_size}) = {bits:.0f} "
         f"bits = {bits / 8:.0f} bytes per frame; held-out share {holdout}, seed {seed}; "
+        f"cameras {', '.join(cfg.cameras) or 'all'}; "
         f"torch threads {torch.get_num_threads()}"
     )
     report: dict = {
