@@ -33,7 +33,10 @@ about 25 minutes; the other stages take about 15. PickCup records 500 episodes t
 episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
 each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
 (``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
-at all, and the policy could not find the one the prompt names.
+at all, and the policy could not find the one the prompt names. The policy trains with the next-frame
+(world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive success on 100 unseen
+seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it (a 213-token sequence instead of 148:
+train 35.4 instead of 31.8 minutes).
 On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
 a descheduled thread (8x slower, measured).
 """
@@ -88,6 +91,7 @@ class Preset:
     train_batch: int
     lr: float
     warmup: int
+    frame_loss_weight: float  # next-frame (world-model) loss; > 0 also pre-tokenises the next frames
     eval_episodes: int  # per env, on unseen seeds
     sweep_episodes: int  # seeds of the prompt-grounding sweep, per env (each run once per candidate target)
     eval_workers: int
@@ -115,6 +119,7 @@ _CPU = Preset(
     train_batch=32,
     lr=1e-3,
     warmup=150,
+    frame_loss_weight=0.5,
     eval_episodes=100,
     sweep_episodes=20,
     eval_workers=2,
@@ -272,6 +277,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.n_action_steps),
                 "--history",
                 str(p.history),
+                *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
             ]
         ]
     if stage == "train":
@@ -292,6 +298,8 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.lr),
                 "--warmup-steps",
                 str(p.warmup),
+                "--frame-loss-weight",
+                str(p.frame_loss_weight),
                 "--device",
                 p.device,
             ]
