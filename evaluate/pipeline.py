@@ -27,9 +27,10 @@ Presets (``PRESETS``, plain data): ``cpu`` is sized for a 2-core laptop CPU in a
 for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to
 check the wiring (its policy is not expected to succeed).
 
-Sizing the cpu preset (measured on 2 cores): the ``tiny`` model trains at about 11k tokens/s with a
-front camera of 64 video tokens (a PickCup sequence is 148 tokens), so 3500 steps of 32 sequences take
-about 25 minutes; the other stages take about 15. PickCup records 500 episodes to Drive's 200 because its
+Sizing the cpu preset (measured on 2 cores, fresh clone, nothing else running): the ``tiny`` model trained
+3500 steps of 32 sequences of up to 148 tokens (64 video tokens of the front camera) in 31.8 minutes at
+about 9.6k tokens/s, and the other stages took 10.9 minutes (record 59 s, video 230 s, pretokenize 62 s,
+eval 301 s). PickCup records 500 episodes to Drive's 200 because its
 episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
 each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
 (``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
