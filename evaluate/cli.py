@@ -57,6 +57,8 @@ class EvalConfig:
     """Comma-separated reference policies measured in the same run on the same seeds, e.g. 'expert,random'."""
     device: str = "cpu"
     """Torch device for a checkpoint policy ('cpu', 'cuda')."""
+    n_action_steps: int = 0
+    """Actions executed per predicted chunk before replanning (0: the checkpoint's own); 1 replans every step."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -64,6 +66,8 @@ class EvalConfig:
         for name in ("episodes", "workers", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_action_steps < 0:
+            raise ValueError(f"n_action_steps must be >= 0 (0: the checkpoint's own), got {self.n_action_steps}")
         if self.videos < 0 or self.seed_start < 0:
             raise ValueError(
                 f"videos and seed_start must be >= 0, got videos={self.videos}, seed_start={self.seed_start}"
@@ -142,7 +146,13 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
     jobs = []
     for p_index, policy in enumerate(cfg.policies):
         for env_id in cfg.env_ids:
-            spec = RolloutSpec(env_id=env_id, policy=policy, env_kwargs=options_json, device=cfg.device)
+            spec = RolloutSpec(
+                env_id=env_id,
+                policy=policy,
+                env_kwargs=options_json,
+                device=cfg.device,
+                n_action_steps=cfg.n_action_steps if policy_kind(policy) in ("checkpoint", "bundle") else 0,
+            )
             for i in range(cfg.episodes):
                 video = str(video_dir) if p_index == 0 and i < cfg.videos else None
                 jobs.append(

@@ -65,6 +65,7 @@ class RolloutSpec:
     policy: str
     env_kwargs: str = "{}"  # JSON for gymnasium.make; a string so the spec hashes and caches
     device: str = "cpu"
+    n_action_steps: int = 0  # actions executed per predicted chunk; 0: the checkpoint's own
 
     @property
     def label(self) -> str:
@@ -96,7 +97,9 @@ class PolicyAdapter:
         if self.kind == "checkpoint":
             from robotok.policy import Policy
 
-            self.policy = Policy.from_checkpoint(spec.policy, device=spec.device)
+            self.policy = Policy.from_checkpoint(
+                spec.policy, device=spec.device, n_action_steps=spec.n_action_steps or None
+            )
         elif self.kind == "bundle":
             try:
                 from robotok.policy.runtime import RobotPolicy
@@ -105,7 +108,7 @@ class PolicyAdapter:
                     f"--policy {spec.policy!r} is an exported bundle, but robotok.policy.runtime "
                     f"cannot be imported ({e}); evaluate the checkpoint directory instead"
                 ) from e
-            self.policy = RobotPolicy(spec.policy)
+            self.policy = RobotPolicy(spec.policy, n_action_steps=spec.n_action_steps or None)
         self.latencies_ms: list[float] = []
         self._fail0 = 0
         self._chunk0 = 0

@@ -345,3 +345,15 @@ def test_checkpoint_policy_is_evaluated_with_chunk_latencies(tmp_path: Path) -> 
         assert isinstance(m["eval/chunk_latency_ms_p50"], float)
         # 3 of every 4 actions come from the queue: the median action is far cheaper than a chunk
         assert m["eval/latency_ms_p50"] < 0.5 * m["eval/chunk_latency_ms_p50"]
+
+
+def test_n_action_steps_sets_how_often_a_checkpoint_replans(tmp_path: Path) -> None:
+    """--n-action-steps 1 replans at every step: each action then costs a whole chunk; a bad value is refused."""
+    from robotok.evaluate.cli import EvalConfig
+
+    ckpt = _random_checkpoint(tmp_path / "ckpt")
+    report = _run(tmp_path, policy=str(ckpt), env=(PICK,), episodes=1, workers=1, videos=0, n_action_steps=1)
+    m = report["results"][PICK]["ckpt"]["overall"]
+    assert m["eval/latency_ms_p50"] > 0.5 * m["eval/chunk_latency_ms_p50"]
+    with pytest.raises(ValueError, match="n_action_steps"):
+        EvalConfig(policy=str(ckpt), n_action_steps=-1)
