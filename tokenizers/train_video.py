@@ -84,7 +84,7 @@ class TrainVideoConfig:
     bf16: bool = True
     """bf16 autocast for convolutions (about 2x faster on CPUs with AMX/AVX512-BF16; fp32 master weights)."""
     threads: int = 0
-    """torch intra-op threads; 0 = the CPUs this process may use."""
+    """torch intra-op threads; 0 = $OMP_NUM_THREADS when set, else the CPUs this process may use."""
     device: str = "cpu"
     """Torch device for training (cpu or cuda)."""
     seed: int = 0
@@ -288,7 +288,7 @@ def _save_checkpoint(
 
 def train(cfg: TrainVideoConfig, frames: FrameSet | None = None) -> dict:
     """Train (or resume) and evaluate; returns the eval.json content. `frames` skips dataset loading."""
-    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
+    torch.set_num_threads(cfg.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or len(os.sched_getaffinity(0)))
     torch.manual_seed(cfg.seed)
     frames = frames if frames is not None else load_frames(cfg)
     h, w = frames.train.shape[1:3]
