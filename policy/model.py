@@ -271,15 +271,30 @@ class Transformer(nn.Module):
         return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, weights: Tensor | None = None
+        self,
+        idx: Tensor,
+        targets: Tensor | None = None,
+        weights: Tensor | None = None,
+        select: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None]:
-        """idx, targets: [B, T] int64; weights: [B, T] float (0 = ignore). Returns (logits [B, T, V], loss | None)."""
+        """idx, targets: [B, T] int64; weights: [B, T] float (0 = ignore). Returns (logits [B, T, V], loss | None).
+
+        ``select`` (bool [B, T]): compute the head only at those positions and return logits [N, V] in
+        ``x[select]`` order (the loss too). Training uses it for the positions that carry a loss: a policy
+        sequence supervises ~40% of its positions, and the [T, V] head and softmax are then skipped for the rest.
+        """
         b, t = idx.shape
         assert t <= self.cfg.max_seq_len, f"sequence length {t} > max_seq_len {self.cfg.max_seq_len}"
         x = self.drop(self.tok_emb(idx))
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for block in self.blocks:
             x = block(x, cos, sin)
+        if select is not None:
+            logits = self._head(x[select])
+            if targets is None:
+                return logits, None
+            w = None if weights is None else weights[select][:, None]
+            return logits, weighted_cross_entropy(logits[:, None], targets[select][:, None], w)
         logits = self._head(x)
         loss = None if targets is None else weighted_cross_entropy(logits, targets, weights)
         return logits, loss

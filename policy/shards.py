@@ -106,6 +106,15 @@ class TokenShards:
     def __len__(self) -> int:
         return int(self.meta["num_sequences"])
 
+    def lengths(self, chunk: int = 8192) -> np.ndarray:
+        """int64 [N]: tokens of each row up to its last non-PAD id (rows are right-padded), read in chunks."""
+        out = np.empty(len(self), dtype=np.int64)
+        cols = np.arange(1, self.seq_len + 1)
+        for i in range(0, len(self), chunk):
+            rows = np.asarray(self.tokens[i : i + chunk])
+            out[i : i + len(rows)] = ((rows != 0) * cols).max(axis=1)  # PAD is id 0
+        return out
+
     def batch(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Tokens and kinds of the given sequences, copied out of the memory map: ([B, L] int64, [B, L] uint8)."""
         indices = np.asarray(indices)

@@ -42,6 +42,7 @@ from robotok.policy.checkpoint import (
 )
 from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards
+from robotok.tokenizers.space import PAD
 
 
 @dataclass
@@ -72,6 +73,8 @@ class TrainConfig:
     """Clip the global gradient norm to this (0: no clipping)."""
     frame_loss_weight: float = 0.0
     """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
+    length_buckets: int = 16
+    """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off)."""
     val_fraction: float = 0.1
     """Fraction of EPISODES held out for validation (0: none)."""
     eval_every: int = 200
@@ -96,8 +99,11 @@ class TrainConfig:
     """Where to train: auto picks CUDA when available."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.grad_accum < 1:
-            raise ValueError(f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}: >= 1")
+        if min(self.steps, self.batch_size, self.grad_accum, self.length_buckets) < 1:
+            raise ValueError(
+                f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}, "
+                f"length_buckets {self.length_buckets}: >= 1"
+            )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction {self.val_fraction} must be in [0, 1)")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -154,11 +160,33 @@ def split_by_episode(episodes: np.ndarray, val_fraction: float, seed: int) -> tu
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
-def global_batch_indices(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> np.ndarray:
+def global_batch_indices(
+    train_idx: np.ndarray,
+    global_batch: int,
+    seed: int,
+    step: int,
+    lengths: np.ndarray | None = None,
+    bucket: int = 16,
+) -> np.ndarray:
     """The sequences of optimizer step ``step``: [global_batch] indices, a pure function of (seed, step).
 
     Walks epoch-wise permutations of the training set, so every sequence is seen once per epoch.
+    ``lengths`` (per shard row, non-PAD tokens): group ``bucket`` consecutive batches, sort the group's
+    sequences by length, cut it into batches again and shuffle their order; a batch then holds sequences of
+    about one length, and the trainer trims its padding (two robots of 197 and 329 tokens cost their mean,
+    not 329 each). The multiset of sequences per group is unchanged.
     """
+    if lengths is not None and bucket > 1:
+        group = step // bucket
+        rows = _stream(train_idx, global_batch * bucket, seed, group)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        order = np.random.default_rng([seed, 7919, group]).permutation(bucket)
+        k = int(order[step % bucket])
+        return rows[k * global_batch : (k + 1) * global_batch]
+    return _stream(train_idx, global_batch, seed, step)
+
+
+def _stream(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> np.ndarray:
     n = len(train_idx)
     pos = step * global_batch + np.arange(global_batch)
     out = np.empty(global_batch, dtype=np.int64)
@@ -167,6 +195,12 @@ def global_batch_indices(train_idx: np.ndarray, global_batch: int, seed: int, st
         perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
         out[sel] = train_idx[perm[pos[sel] % n]]
     return out
+
+
+def trimmed_length(tokens: np.ndarray) -> int:
+    """Columns up to the last non-PAD id of any row (rows are right-padded), at least 2 (an input and a target)."""
+    used = np.flatnonzero((tokens != PAD).any(axis=0))
+    return max(int(used[-1]) + 1 if len(used) else 0, 2)
 
 
 def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
@@ -209,6 +243,7 @@ class Trainer:
         if len(self.train_idx) == 0:
             raise SystemExit(f"robotok-train: error: {cfg.data} holds no training sequences")
         self.val_idx = self.val_idx[: cfg.eval_sequences]
+        self.lengths = self.shards.lengths() if cfg.length_buckets > 1 else None
 
         self.start_step, state = 0, None
         self.model_cfg = preset(
@@ -275,13 +310,17 @@ class Trainer:
 
     def _forward_loss(self, tokens: np.ndarray, kinds: np.ndarray, norm: float) -> tuple[torch.Tensor, dict]:
         """Loss of a micro-batch normalised by ``norm`` (weight of the global batch / world), plus raw sums."""
+        length = trimmed_length(tokens)  # rows are right-padded: columns that are PAD in every row cost nothing
+        tokens, kinds = tokens[:, :length], kinds[:, :length]
         t = torch.from_numpy(tokens).to(self.device)
         w = torch.from_numpy(kind_weights(kinds[:, 1:], self.cfg.frame_loss_weight)).to(self.device)
+        sel = w > 0  # the head runs only where a loss is taken: ~40% of a policy sequence's positions
         amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
         with amp:
-            logits, _ = self.model(t[:, :-1])
-        total = weighted_cross_entropy(logits, t[:, 1:], w, reduction="sum")
-        return total / norm, {"logits": logits, "targets": t[:, 1:], "weights": w}
+            logits, _ = self.model(t[:, :-1], select=sel)
+        y, w_sel = t[:, 1:][sel], w[sel]
+        total = weighted_cross_entropy(logits[:, None], y[:, None], w_sel[:, None], reduction="sum")
+        return total / norm, {"logits": logits, "targets": y, "weights": w_sel, "select": sel, "kinds": kinds}
 
     def _all_sum(self, values: list[float]) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64, device=self.device)
@@ -295,7 +334,7 @@ class Trainer:
         lr = lr_at(step, cfg)
         for g in self.opt.param_groups:
             g["lr"] = lr
-        rows = global_batch_indices(self.train_idx, cfg.batch_size, cfg.seed, step)
+        rows = global_batch_indices(self.train_idx, cfg.batch_size, cfg.seed, step, self.lengths, cfg.length_buckets)
         w_global = float(kind_weights(np.asarray(self.shards.kinds[rows])[:, 1:], cfg.frame_loss_weight).sum())
         norm = max(w_global, 1e-8) / self.world  # DDP and FSDP average gradients over ranks: undo it
         loss_sum = 0.0
@@ -333,11 +372,11 @@ class Trainer:
             rows = np.concatenate([rows, np.full(self.micro - len(rows), self.val_idx[0])]).astype(np.int64)
             tokens, kinds = self.shards.batch(rows)
             _, o = self._forward_loss(tokens, kinds, 1.0)
-            logits, y = o["logits"].float(), o["targets"]
-            v = torch.from_numpy(valid).to(self.device)[:, None]
+            logits, y, sel = o["logits"].float(), o["targets"], o["select"]
+            v = torch.from_numpy(valid).to(self.device)[:, None].expand_as(sel)[sel]
             w = o["weights"] * v
-            is_act = torch.from_numpy(kinds[:, 1:] == KIND_ACTION).to(self.device) * v
-            ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none")
+            is_act = torch.from_numpy(o["kinds"][:, 1:] == KIND_ACTION).to(self.device)[sel] * v
+            ce = torch.nn.functional.cross_entropy(logits, y, reduction="none")
             sums += np.array(
                 [
                     (ce * w).sum().item(),

@@ -94,6 +94,24 @@ def test_forward_loss_uses_weights():
     torch.testing.assert_close(loss, weighted_cross_entropy(logits, idx, w))
 
 
+def test_selected_head_equals_the_full_head_at_those_positions():
+    """select= computes logits and loss only where asked; they equal the full forward's at those positions."""
+    torch.manual_seed(0)
+    m = Transformer(preset("micro", vocab_size=50))
+    idx = torch.randint(0, 50, (3, 16))
+    w = torch.zeros(3, 16)
+    w[:, 9:] = 1.0
+    w[1, 12:] = 0.5
+    full, full_loss = m(idx, idx, w)
+    sel = w > 0
+    part, part_loss = m(idx, idx, w, select=sel)
+    assert part.shape == (int(sel.sum()), 50)
+    torch.testing.assert_close(part, full[sel])
+    torch.testing.assert_close(part_loss, full_loss)
+    part_loss.backward()  # the selected path trains: gradients reach the embedding
+    assert m.tok_emb.weight.grad is not None and m.tok_emb.weight.grad.abs().sum() > 0
+
+
 def test_presets_sizes_and_wrap_units():
     sizes = {}
     for name, cfg in PRESETS.items():

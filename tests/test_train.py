@@ -23,6 +23,7 @@ from robotok.policy.train import (
     lr_at,
     split_by_episode,
     train,
+    trimmed_length,
 )
 
 V = 40
@@ -146,12 +147,28 @@ def test_split_is_by_episode_and_sampler_walks_epochs():
     assert not np.array_equal(global_batch_indices(train_idx, 8, 0, 3), global_batch_indices(train_idx, 8, 0, 0))
 
 
+def test_length_buckets_keep_the_epoch_and_group_lengths():
+    """Bucketed batches still see every sequence once per epoch, and hold one length where they can."""
+    train_idx = np.arange(100, 164)
+    lengths = np.zeros(200, dtype=np.int64)
+    lengths[train_idx] = np.where(np.random.default_rng(0).random(64) < 0.5, 197, 329)
+    batches = [global_batch_indices(train_idx, 4, 0, s, lengths, bucket=4) for s in range(16)]
+    assert sorted(np.concatenate(batches)) == sorted(train_idx)  # 16 steps x 4 = one epoch
+    mixed = sum(len(set(lengths[b])) > 1 for b in batches)
+    assert mixed <= 4  # at most one batch per group of 4 straddles the two lengths
+    plain = [global_batch_indices(train_idx, 4, 0, s) for s in range(16)]
+    assert sum(len(set(lengths[b])) > 1 for b in plain) > mixed
+    np.testing.assert_array_equal(batches[5], global_batch_indices(train_idx, 4, 0, 5, lengths, bucket=4))
+
+
 def test_schedule_and_weights():
     cfg = TrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr_ratio=0.1)
     assert lr_at(0, cfg) == pytest.approx(1e-4) and lr_at(9, cfg) == pytest.approx(1e-3)
     assert lr_at(100, cfg) == pytest.approx(1e-4) and lr_at(55, cfg) == pytest.approx(5.5e-4)
     kinds = np.array([[0, 1, 2, 1]], np.uint8)
     np.testing.assert_array_equal(kind_weights(kinds, 0.25), [[0, 1, 0.25, 1]])
+    tokens = np.array([[5, 6, 7, 0, 0, 0], [5, 6, 7, 8, 9, 0]])  # right-padded with PAD (0)
+    assert trimmed_length(tokens) == 5 and trimmed_length(tokens[:1]) == 3 and trimmed_length(tokens[:, :0]) == 2
 
 
 def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
