@@ -93,6 +93,7 @@ class Preset:
     lr: float
     warmup: int
     frame_loss_weight: float  # next-frame (world-model) loss; > 0 also pre-tokenises the next frames
+    goal: bool  # predict the episode's final state before each chunk (robotok-pretokenize --goal)
     eval_episodes: int  # per env, on unseen seeds
     sweep_episodes: int  # seeds of the prompt-grounding sweep, per env (each run once per candidate target)
     eval_workers: int
@@ -121,6 +122,7 @@ _CPU = Preset(
     lr=1e-3,
     warmup=150,
     frame_loss_weight=0.5,
+    goal=False,
     eval_episodes=100,
     sweep_episodes=20,
     eval_workers=2,
@@ -279,6 +281,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 "--history",
                 str(p.history),
                 *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
+                *(["--goal"] if p.goal else []),
             ]
         ]
     if stage == "train":

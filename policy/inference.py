@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from robotok.tokenizers.space import ACT_CLOSE, SEP, TokenSpace, history_indices
+from robotok.tokenizers.space import ACT_CLOSE, ACT_OPEN, SEP, STATE_CLOSE, STATE_OPEN, TokenSpace, history_indices
 
 
 class Policy:
@@ -82,6 +82,8 @@ class Policy:
         self.last_action_ids: list[int] = []  # token ids of the last chunk, for inspection and tests
         self._prefix: tuple[list[int], Any] | None = None  # (prompt prefix ids, its KV cache)
         self._masks: dict[tuple[int, int], tuple[torch.Tensor, bool]] = {}
+        self._masks_named: dict[str, torch.Tensor] = {}
+        self.last_goal_ids: list[int] = []  # the goal-state ids of the last chunk (policies trained with goals)
         self.reset()
 
     @classmethod
@@ -231,11 +233,35 @@ class Policy:
             out.append(tok)
             feed = [tok]
 
+    @torch.inference_mode()
+    def with_goal(self, context: list[int], embodiment: int) -> list[int]:
+        """For a policy trained with goals (``policy.json`` ``goal``): ``context`` (ending in ACT_OPEN) with
+        the goal state the model predicts, ``... STATE_OPEN goal-bins STATE_CLOSE ACT_OPEN``; else unchanged.
+        The bins are generated under the grammar (state ids only, exactly one per state dimension)."""
+        if not self.config.get("goal", False):
+            return context
+        if "state" not in self._masks_named:
+            m = np.zeros(self.model.cfg.vocab_size, dtype=bool)
+            m[: self.space.vocab_size] = self.space.range_mask("state")
+            self._masks_named["state"] = torch.from_numpy(m).to(self.device)
+        mask = self._masks_named["state"]
+        out = [*context[:-1], STATE_OPEN]
+        dim = int(self.embodiments[embodiment]["state_dim"])
+        cache = self.model.new_cache(1, min(len(out) + dim, self.model.cfg.max_seq_len))
+        feed = out
+        goal: list[int] = []
+        for _ in range(dim):
+            logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache)[0, -1]
+            goal.append(self._pick(logits, mask))
+            feed = goal[-1:]
+        self.last_goal_ids = goal
+        return [*out, *goal, STATE_CLOSE, ACT_OPEN]
+
     def _predict(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()
         e = self.embodiments[self._embodiment]
         r = e["action_range"]
-        ids = self.generate(self._context(prompt), r)
+        ids = self.generate(self.with_goal(self._context(prompt), self._embodiment), r)
         self.last_action_ids = ids
         tokens = self.space.action_tokens(ids, r)
         chunk, ok = self.action_tokenizers[r].decode(tokens, self.horizon, e["tokenizer_dim"])

@@ -54,8 +54,14 @@ class ModelConfig:
     """RMSNorm epsilon."""
     dropout: float = 0.0
     """Residual and attention dropout (0: none; training stays deterministic)."""
+    video_start: int = 0
+    """First video id of the token space (with ``video_levels``)."""
+    video_levels: tuple[int, ...] = ()
+    """FSQ levels of the video tokenizer: when set, a video id's input embedding adds a learned projection of
+    its code's latent vector (``fsq_code_vectors``), so codes that look alike start alike (see Transformer)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
@@ -242,11 +248,35 @@ def weighted_cross_entropy(
     return total / weights.sum().float().clamp_min(1e-8)
 
 
+def fsq_code_vectors(levels: tuple[int, ...]) -> Tensor:
+    """float32 [prod(levels), len(levels)]: each FSQ code's latent vector in [-1, 1], in the mixed-radix id
+    order of ``robotok.tokenizers.video.FSQ`` (id = sum_i k_i * prod_{j<i} L_j)."""
+    lv = torch.tensor(levels, dtype=torch.int64)
+    basis = torch.cumprod(torch.cat([lv.new_ones(1), lv[:-1]]), 0)
+    ids = torch.arange(int(lv.prod()))[:, None]
+    digits = torch.div(ids, basis, rounding_mode="floor") % lv
+    return ((digits - lv // 2) / (lv // 2)).float()
+
+
 class Transformer(nn.Module):
+    """The decoder. Video ids (when ``cfg.video_levels`` is set) are embedded as ``tok_emb[id] +
+    video_proj(code_vector(id))``: the video tokenizer's latent of a code says what its patch looks like
+    (two codes of the same red cup sit close), which a table of independent rows learns only from how often
+    each code occurs; small objects cover a few cells of a few frames, and their rare codes stayed unlearned."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        if cfg.video_levels:
+            vecs = fsq_code_vectors(cfg.video_levels)
+            if cfg.video_start < 1 or cfg.video_start + len(vecs) > cfg.vocab_size:
+                raise ValueError(
+                    f"video ids [{cfg.video_start}, {cfg.video_start + len(vecs)}) lie outside the "
+                    f"vocabulary of {cfg.vocab_size} ids; video_start must follow the special ids"
+                )
+            self.register_buffer("video_vecs", vecs, persistent=False)  # derived from cfg; not saved
+            self.video_proj = nn.Linear(len(cfg.video_levels), cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -267,6 +297,17 @@ class Transformer(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def embed(self, idx: Tensor) -> Tensor:
+        """Input embeddings [B, T, d] of ids [B, T] (see the class docstring for video ids)."""
+        x = self.tok_emb(idx)
+        if self.cfg.video_levels:
+            n = self.video_vecs.shape[0]
+            rel = idx - self.cfg.video_start
+            is_video = ((rel >= 0) & (rel < n)).unsqueeze(-1)
+            vec = self.video_vecs[rel.clamp(0, n - 1)].to(x.dtype)
+            x = x + self.video_proj(vec) * is_video.to(x.dtype)
+        return x
+
     def _head(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding
 
@@ -285,7 +326,7 @@ class Transformer(nn.Module):
         """
         b, t = idx.shape
         assert t <= self.cfg.max_seq_len, f"sequence length {t} > max_seq_len {self.cfg.max_seq_len}"
-        x = self.drop(self.tok_emb(idx))
+        x = self.drop(self.embed(idx))
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for block in self.blocks:
             x = block(x, cos, sin)
@@ -307,7 +348,7 @@ class Transformer(nn.Module):
         length = k_cache.shape[3] if length is None else length
         mask = torch.arange(length, device=idx.device)[None, :] <= positions[:, None]  # [T, L]
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        x = self.tok_emb(idx)
+        x = self.embed(idx)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x, k_i, v_i = block.forward_kv(x, cos, sin, mask, positions, k_cache[i], v_cache[i], inplace)

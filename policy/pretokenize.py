@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from robotok.policy.shards import KIND_ACTION, KIND_FRAME, write_shards
+from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, write_shards
 from robotok.tokenizers.space import PAD, ActionRange, Embodiment, TokenSpace, history_indices
 
 POLICY_FORMAT = "robotok-policy-v1"
@@ -73,6 +73,8 @@ class PretokenizeConfig:
     """Emit one sequence every this many steps of an episode."""
     frame_loss: bool = False
     """Append the frame n_action_steps ahead as a world-model target (KIND_FRAME)."""
+    goal: bool = False
+    """Insert the episode's final state as a goal the model predicts before each action chunk (KIND_GOAL)."""
     state_bins: int = 256
     """Bins per state dimension (ids shared by all dimensions)."""
     max_episodes: int = 0
@@ -217,7 +219,14 @@ def pretokenize(
         e = embs[d]
         steps = [([zero_codes] * len(e["cameras"]), s[0])] * cfg.history
         base = len(
-            space.sequence(task, steps, [], d, [zero_codes] * len(e["cameras"]) if cfg.frame_loss else None).tokens
+            space.sequence(
+                task,
+                steps,
+                [],
+                d,
+                [zero_codes] * len(e["cameras"]) if cfg.frame_loss else None,
+                s[-1] if cfg.goal else None,
+            ).tokens
         )
         rows += [(e_i, t, base + len(a)) for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True)]
     seq_len = max(r[2] for r in rows)
@@ -245,12 +254,21 @@ def pretokenize(
             for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True):
                 steps = [([c[j] for c in codes], s[j]) for j in history_indices(t, cfg.history, cfg.history_stride)]
                 nxt = min(len(s) - 1, t + n_act)
-                seq = space.sequence(task, steps, a, d, [c[nxt] for c in codes] if cfg.frame_loss else None)
+                seq = space.sequence(
+                    task,
+                    steps,
+                    a,
+                    d,
+                    [c[nxt] for c in codes] if cfg.frame_loss else None,
+                    s[-1] if cfg.goal else None,
+                )
                 assert len(seq.tokens) == rows[row][2], f"row {row}: {len(seq.tokens)} tokens, sized {rows[row][2]}"
                 tokens[row, : len(seq.tokens)] = seq.tokens
                 kinds[row, seq.action[0] : seq.action[1]] = KIND_ACTION
                 if seq.frame is not None:
                     kinds[row, seq.frame[0] : seq.frame[1]] = KIND_FRAME
+                if seq.goal is not None:
+                    kinds[row, seq.goal[0] : seq.goal[1]] = KIND_GOAL
                 episodes[row] = (e_i, t)
                 row += 1
             bar.update(len(acts))
@@ -272,6 +290,7 @@ def pretokenize(
             "history": cfg.history,
             "history_stride": cfg.history_stride,
             "frame_loss": cfg.frame_loss,
+            "goal": cfg.goal,
             "seq_len": seq_len,
             "cameras": sorted({c for e in embs for c in e["cameras"]}, key=list(cfg.cameras).index),
             "image_size": embs[0]["image_size"],
@@ -305,6 +324,7 @@ def pretokenize(
             "history": cfg.history,
             "horizon": horizon,
             "frame_loss": cfg.frame_loss,
+            "goal": cfg.goal,
             "datasets": [{"name": e["name"], "episodes": e["episodes"]} for e in embs],
             "num_episodes": len(eps),
             "num_tokens": int(sum(r[2] for r in rows)),

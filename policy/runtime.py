@@ -309,6 +309,7 @@ class RobotPolicy:
         self.decode_failures = 0
         self.chunk_latencies_ms: list[float] = []
         self.last_action_ids: list[int] = []
+        self.last_goal_ids: list[int] = []
         self._prefix: tuple[list[int], np.ndarray, np.ndarray] | None = None  # prompt prefix ids, its k/v caches
         self._masks: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
         self.reset()
@@ -495,11 +496,31 @@ class RobotPolicy:
             out.append(tok)
             feed = [tok]
 
+    def with_goal(self, context: list[int], embodiment: int) -> list[int]:
+        """Policies trained with goals (``policy.json`` ``goal``): the context with the predicted goal state,
+        ``... STATE_OPEN goal-bins STATE_CLOSE ACT_OPEN`` (greedy, state ids only); else ``context``."""
+        if not self.config.get("goal", False):
+            return context
+        sp = self.special
+        out = [*context[:-1], sp["STATE_OPEN"]]
+        dim = int(self.embodiments[embodiment]["state_dim"])
+        n_prefix = out.index(sp["SEP"]) + 1
+        k, v = self._prefix_cache(out[:n_prefix], len(out) + dim)
+        feed, pos, goal = out[n_prefix:], n_prefix, []
+        lo, hi = self.state_start, self.state_start + self.state_bins
+        for _ in range(dim):
+            logits, k, v = self._run(feed, pos, k, v)
+            pos += len(feed)
+            goal.append(lo + int(np.argmax(logits[lo:hi])))
+            feed = goal[-1:]
+        self.last_goal_ids = goal
+        return [*out, *goal, sp["STATE_CLOSE"], sp["ACT_OPEN"]]
+
     def _predict(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()
         e = self.embodiments[self._embodiment]
         ri = e["action_range"]
-        ids = self.generate(self._context(prompt), ri)
+        ids = self.generate(self.with_goal(self._context(prompt), self._embodiment), ri)
         self.last_action_ids = ids
         r = self.action_ranges[ri]
         tokens = [i - r["start"] for i in ids if r["start"] <= i < r["start"] + r["size"]]

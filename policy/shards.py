@@ -28,6 +28,7 @@ FORMAT = "robotok-shards-v1"
 KIND_NONE = 0  # context only (prompt, frames, state, padding): no loss
 KIND_ACTION = 1  # action tokens and the action-closing marker: the policy loss
 KIND_FRAME = 2  # next-frame video tokens: the world-model loss (weighted)
+KIND_GOAL = 3  # goal-state bins and their closing marker: predicted before the actions (weighted as actions)
 
 
 def write_shards(

@@ -41,7 +41,7 @@ from robotok.policy.checkpoint import (
     optim_state_by_name,
 )
 from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
-from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards
+from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, TokenShards
 from robotok.tokenizers.space import PAD
 
 
@@ -73,6 +73,8 @@ class TrainConfig:
     """Clip the global gradient norm to this (0: no clipping)."""
     frame_loss_weight: float = 0.0
     """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
+    video_code_embedding: bool = True
+    """Embed video ids with a projection of their FSQ code vectors as well (ModelConfig.video_levels)."""
     length_buckets: int = 16
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off)."""
     val_fraction: float = 0.1
@@ -197,6 +199,19 @@ def _stream(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> n
     return out
 
 
+def video_embedding(data: Path) -> dict[str, Any]:
+    """``video_start`` and ``video_levels`` for ModelConfig from a shard directory ({} when it names no FSQ
+    video tokenizer)."""
+    space_file, vt_file = Path(data) / "token_space.json", Path(data) / "tokenizers" / "video" / "config.json"
+    if not (space_file.exists() and vt_file.exists()):  # shards written by other tools: plain embeddings
+        return {}
+    space = json.loads(space_file.read_text())
+    levels = json.loads(vt_file.read_text()).get("config", {}).get("levels")
+    if not levels or "video" not in space.get("ranges", {}):
+        return {}
+    return {"video_start": int(space["ranges"]["video"][0]), "video_levels": tuple(int(v) for v in levels)}
+
+
 def trimmed_length(tokens: np.ndarray) -> int:
     """Columns up to the last non-PAD id of any row (rows are right-padded), at least 2 (an input and a target)."""
     used = np.flatnonzero((tokens != PAD).any(axis=0))
@@ -204,7 +219,9 @@ def trimmed_length(tokens: np.ndarray) -> int:
 
 
 def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
-    return (kinds == KIND_ACTION).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(np.float32)
+    return np.isin(kinds, (KIND_ACTION, KIND_GOAL)).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(
+        np.float32
+    )
 
 
 class Trainer:
@@ -250,6 +267,7 @@ class Trainer:
             cfg.preset,
             vocab_size=self.shards.vocab_size,
             max_seq_len=max(PRESETS[cfg.preset].max_seq_len, self.shards.seq_len),
+            **(video_embedding(cfg.data) if cfg.video_code_embedding else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)

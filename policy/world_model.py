@@ -168,7 +168,7 @@ class Imagination:
         space, model = wm.space, wm.model
         r = space.action_ranges[self.action_range]
         n_video = len(self.cameras) * self.wm.grid[0] * self.wm.grid[1]
-        context = self.context()
+        context = p.with_goal(self.context(), self.embodiment)  # unchanged unless the policy predicts goals
         assert context[: len(self._prefix)] == self._prefix and self._prefix[-1] == SEP
         need = len(context) + r.max_length + 2 + n_video
         if need > model.cfg.max_seq_len:

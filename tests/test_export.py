@@ -374,3 +374,31 @@ def test_export_is_atomic_and_refuses_a_foreign_folder(world, tmp_path, monkeypa
         with pytest.raises(SystemExit, match=f"robotok-export: error: .*{msg}"):
             main()
     assert (foreign / "todo.txt").read_text() == "keep me"
+
+
+def test_goal_policy_predicts_the_same_goal_and_actions_in_the_bundle(world, tmp_path) -> None:
+    """A policy trained with goals (policy.json "goal") generates one state id per state dimension before each
+    chunk; the torch-free runtime generates the same goal ids and the same action ids."""
+    import json
+    import shutil
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(world["ckpt"], ckpt)
+    config = json.loads((ckpt / "policy.json").read_text())
+    (ckpt / "policy.json").write_text(json.dumps({**config, "goal": True}))
+    torch_policy = Policy.from_checkpoint(ckpt)
+    robot = RobotPolicy(export_bundle(ckpt, tmp_path / "bundle"))
+    lo, hi = torch_policy.space.ranges()["state"]
+    n = 0
+    for episode in world["episodes"][::2]:
+        torch_policy.reset()
+        robot.reset()
+        for obs, _ in episode[:6]:
+            expected = torch_policy.predict_chunk(obs)
+            got = robot.infer(obs)
+            goal = torch_policy.last_goal_ids
+            assert len(goal) == len(obs["agent_pos"]) and all(lo <= g < hi for g in goal)
+            assert robot.last_goal_ids == goal and got["action_ids"] == torch_policy.last_action_ids
+            np.testing.assert_allclose(got["actions"], expected, atol=1e-6, rtol=0)
+            n += 1
+    assert n >= 10

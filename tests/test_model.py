@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from robotok.policy.model import PRESETS, Block, ModelConfig, Transformer, preset, weighted_cross_entropy
+from robotok.policy.model import (
+    PRESETS,
+    Block,
+    ModelConfig,
+    Transformer,
+    fsq_code_vectors,
+    preset,
+    weighted_cross_entropy,
+)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +118,37 @@ def test_selected_head_equals_the_full_head_at_those_positions():
     torch.testing.assert_close(part_loss, full_loss)
     part_loss.backward()  # the selected path trains: gradients reach the embedding
     assert m.tok_emb.weight.grad is not None and m.tok_emb.weight.grad.abs().sum() > 0
+
+
+def test_video_code_embedding_follows_the_fsq_codebook_and_keeps_the_cache_exact():
+    """Video ids add a projection of their FSQ latent (the tokenizer's own id order); other ids do not; the
+    KV-cached decode still equals the full forward."""
+    from robotok.tokenizers.video import FSQ
+
+    levels = (4, 3, 3)
+    vecs = fsq_code_vectors(levels)
+    torch.testing.assert_close(vecs, FSQ(levels).indices_to_codes(torch.arange(36)).reshape(36, 3).float())
+    torch.manual_seed(0)
+    m = Transformer(preset("micro", vocab_size=100, video_start=50, video_levels=levels)).eval()
+    with torch.no_grad():
+        m.video_proj.weight.normal_()
+    ids = torch.tensor([[3, 49, 50, 85, 86, 99]])
+    delta = m.embed(ids) - m.tok_emb(ids)
+    assert delta[0, [0, 1, 4, 5]].abs().max() == 0  # not video ids: [50, 86) are
+    torch.testing.assert_close(delta[0, 1 + 1], m.video_proj(vecs[0]))
+    torch.testing.assert_close(delta[0, 3], m.video_proj(vecs[35]))
+    idx = torch.randint(0, 100, (1, 24))
+    with torch.no_grad():
+        full, _ = m(idx)
+        cache = m.new_cache(1, 32)
+        step = torch.cat(
+            [
+                m.forward_cached(idx[:, :10], cache),
+                *(m.forward_cached(idx[:, t : t + 1], cache) for t in range(10, 24)),
+            ],
+            1,
+        )
+    torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-4)
 
 
 def test_presets_sizes_and_wrap_units():

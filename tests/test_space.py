@@ -148,3 +148,27 @@ def test_sequence_parses_back() -> None:
     np.testing.assert_array_equal(space.video_codes(parsed["next_frame"]), np.concatenate([c.ravel() for c in nxt]))
     with pytest.raises(ValueError):
         space.parse(seq.tokens[1:])
+
+
+def test_goal_sits_before_the_actions_as_a_target() -> None:
+    """A goal state goes between the observed steps and ACT_OPEN; its span is the bins plus STATE_CLOSE."""
+    from robotok.tokenizers.space import ACT_OPEN, STATE_CLOSE, STATE_OPEN
+
+    space = make_space()
+    rng = np.random.default_rng(3)
+    steps = [([rng.integers(0, 1000, (4, 4))], rng.uniform(-1, 1, 3))]
+    acts = rng.integers(0, 256, 40).tolist()
+    goal = np.array([0.5, 0.25, 2.0])
+    plain = space.sequence("pick the red cup", steps, acts, embodiment=0)
+    seq = space.sequence("pick the red cup", steps, acts, embodiment=0, goal=goal)
+    ctx = space.context("pick the red cup", steps, 0)
+    g0, g1 = seq.goal
+    assert seq.tokens[: g0 - 1] == ctx[:-1] and seq.tokens[g0 - 1] == STATE_OPEN
+    assert seq.tokens[g0 : g1 - 1] == space.encode_state(goal, 0) and seq.tokens[g1 - 1] == STATE_CLOSE
+    assert seq.tokens[g1] == ACT_OPEN and len(seq.tokens) == len(plain.tokens) + 3 + 2
+    a0, a1 = seq.action
+    assert space.action_tokens(seq.tokens[a0 : a1 - 1], 0) == acts and plain.goal is None
+    parsed = space.parse(seq.tokens)
+    assert parsed["goal"] == space.encode_state(goal, 0) and len(parsed["steps"]) == 1
+    assert space.action_tokens(parsed["actions"], 0) == acts
+    assert space.parse(plain.tokens)["goal"] is None

@@ -22,10 +22,13 @@ context with :meth:`TokenSpace.context`, the same code, so the two cannot drift)
     BOS prompt-bytes SEP                                         <- the prompt prefix (cached at inference)
     { FRAME_OPEN video(cam1) [video(cam2) ...] FRAME_CLOSE       <- for each of the last `history` steps,
       STATE_OPEN state-bins STATE_CLOSE }                           oldest first
+    [ STATE_OPEN goal-bins STATE_CLOSE ]                         <- optional: the state the episode ends in,
+                                                                    predicted before acting (``--goal``)
     ACT_OPEN action-ids ACT_CLOSE                                <- the chunk of H actions from the current step
     [ FRAME_OPEN video(cam1) [video(cam2) ...] FRAME_CLOSE ]     <- optional: the frame n_action_steps later
 
-The targets that carry a loss are the action ids plus ``ACT_CLOSE`` (the policy loss) and the video ids
+The targets that carry a loss are the goal bins plus their ``STATE_CLOSE`` (when present), the action ids
+plus ``ACT_CLOSE`` (the policy loss) and the video ids
 plus ``FRAME_CLOSE`` of the trailing frame (the world-model loss); everything else is context. Video ids
 of a frame are the tokenizer's [h, w] code grid in row-major order, one camera after the other.
 
@@ -109,6 +112,7 @@ class Sequence(NamedTuple):
     tokens: list[int]
     action: tuple[int, int]
     frame: tuple[int, int] | None
+    goal: tuple[int, int] | None = None
 
 
 @dataclass
@@ -272,9 +276,18 @@ class TokenSpace:
         action_tokens: list[int],
         embodiment: int = 0,
         next_frame: list[np.ndarray] | None = None,
+        goal: np.ndarray | None = None,
     ) -> Sequence:
-        """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame."""
+        """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame.
+
+        ``goal`` (float [S], a state): ``STATE_OPEN goal-bins STATE_CLOSE`` goes between the observed steps
+        and ACT_OPEN, as a target the model predicts before it acts (the state the episode ends in)."""
         tokens = self.context(prompt, steps, embodiment)
+        goal_span = None
+        if goal is not None:
+            g0 = len(tokens)  # ACT_OPEN's place: STATE_OPEN is forced, the bins and STATE_CLOSE are targets
+            tokens[-1:] = [STATE_OPEN, *self.encode_state(goal, embodiment), STATE_CLOSE, ACT_OPEN]
+            goal_span = (g0, len(tokens) - 1)
         a0 = len(tokens)
         tokens += [*self.action_ids(action_tokens, self.embodiments[embodiment].action_range), ACT_CLOSE]
         frame = None
@@ -282,11 +295,12 @@ class TokenSpace:
             f0 = len(tokens) + 1  # FRAME_OPEN is forced by the grammar: context, not target
             tokens += self.frame(next_frame)
             frame = (f0, len(tokens))
-        return Sequence(tokens, (a0, a0 + len(action_tokens) + 1), frame)
+        return Sequence(tokens, (a0, a0 + len(action_tokens) + 1), frame, goal_span)
 
     def parse(self, tokens: list[int] | np.ndarray) -> dict[str, Any]:
         """Split a sequence back into its parts (PAD ignored): ``prompt`` (str), ``steps`` (list of
-        (video ids, state ids)), ``actions`` (action ids, None when ACT_OPEN is missing), ``next_frame``.
+        (video ids, state ids)), ``goal`` (state ids or None), ``actions`` (action ids, None when ACT_OPEN is
+        missing), ``next_frame``.
         Raises ValueError where the sequence breaks the grammar."""
         toks = [int(t) for t in tokens if int(t) != PAD]
 
@@ -305,11 +319,19 @@ class TokenSpace:
 
         i = expect(0, BOS)
         text, i = until(i, SEP)
-        out: dict[str, Any] = {"prompt": self.decode_text(text), "steps": [], "actions": None, "next_frame": None}
+        out: dict[str, Any] = {
+            "prompt": self.decode_text(text),
+            "steps": [],
+            "goal": None,
+            "actions": None,
+            "next_frame": None,
+        }
         while i < len(toks) and toks[i] == FRAME_OPEN:
             video, i = until(i + 1, FRAME_CLOSE)
             state, i = until(expect(i, STATE_OPEN), STATE_CLOSE)
             out["steps"].append((video, state))
+        if i < len(toks) and toks[i] == STATE_OPEN:  # a state with no frame before it: the goal
+            out["goal"], i = until(i + 1, STATE_CLOSE)
         if i < len(toks):
             out["actions"], i = until(expect(i, ACT_OPEN), ACT_CLOSE)
             if i < len(toks):
