@@ -27,17 +27,17 @@ Presets (``PRESETS``, plain data): ``cpu`` is sized for a 2-core laptop CPU in a
 for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to
 check the wiring (its policy is not expected to succeed).
 
-Sizing the cpu preset (measured on 2 cores, fresh clone, nothing else running): the ``tiny`` model trained
-3500 steps of 32 sequences of up to 148 tokens (64 video tokens of the front camera) in 31.8 minutes at
-about 9.6k tokens/s, and the other stages took 10.9 minutes (record 59 s, video 230 s, pretokenize 62 s,
-eval 301 s). PickCup records 500 episodes to Drive's 200 because its
+Sizing the cpu preset (measured on 2 cores, fresh clone, nothing else running): with 3,500 steps the whole
+demo took 33 min 28 s (record 42 s, video 157 s, pretokenize 48 s, train 1,490 s at 2.35 steps/s of 32
+sequences of up to 214 tokens, eval 230 s), so the preset trains 4,500 steps (about 32 minutes) and stays
+within about 45 minutes. Training computes the output head only at the positions that carry a loss, which
+took the 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its
 episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
 each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
 (``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
-at all, and the policy could not find the one the prompt names. The policy trains with the next-frame
-(world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive success on 100 unseen
-seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it (a 213-token sequence instead of 148:
-train 35.4 instead of 31.8 minutes).
+at all. The policy trains with the next-frame (world-model) loss at weight 0.5: with the same data,
+tokenizers and steps, Drive success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84%
+[76, 90] with it.
 On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
 a descheduled thread (8x slower, measured).
 """
@@ -117,7 +117,7 @@ _CPU = Preset(
     video_steps=2000,
     video_batch=32,
     model="tiny",
-    train_steps=3500,
+    train_steps=4500,
     train_batch=32,
     lr=1e-3,
     warmup=150,

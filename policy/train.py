@@ -75,8 +75,9 @@ class TrainConfig:
     """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
     video_code_embedding: bool = True
     """Embed video ids with a projection of their FSQ code vectors as well (ModelConfig.video_levels)."""
-    length_buckets: int = 16
-    """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off)."""
+    length_buckets: int = 1
+    """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
+    default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
     val_fraction: float = 0.1
     """Fraction of EPISODES held out for validation (0: none)."""
     eval_every: int = 200
