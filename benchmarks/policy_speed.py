@@ -4,7 +4,7 @@
 
 1. CPU training throughput of the ``tiny`` preset (forward, backward, AdamW step), fp32 against bf16
    autocast measured in the same run, interleaved so that load from other processes hits both alike.
-   ``robotok-train --dtype auto`` picks bf16 on CPUs with AMX-BF16 because of this ratio.
+   ``robotok-train --dtype auto`` picks bf16 on CPUs with AMX-BF16 or AVX512-BF16 because of this ratio.
 2. Latency of generating one action chunk (``--gen`` tokens greedily after a ``--prompt``-token context,
    batch 1, fp32) with the KV cache (prefill, then one token per step) and without it (a full forward
    per token), p50/p99 over ``--reps`` chunks, for the ``tiny`` and ``small`` presets.

@@ -53,9 +53,15 @@ class PickCupExpert:
         self._burst = np.zeros(4)
 
     def _velocity(self, goal: np.ndarray, grip: np.ndarray) -> np.ndarray:
+        """Proportional velocity towards ``goal``; the horizontal part is scaled down as a vector, not clipped
+        per axis, so that it always points at the goal. Clipping each axis would command (+-1, +-1) from
+        anywhere more than ~2 cm away, and the demonstrations would then say only on which side the cup is,
+        not where: the direction of every approach step is what teaches a policy to find the named cup."""
         from robotok.sim_envs.pick_cup import CONTROL_HZ, MAX_SPEED
 
-        return np.clip(GAIN * (goal - grip) / (MAX_SPEED / CONTROL_HZ), -1.0, 1.0)
+        v = GAIN * (goal - grip) / (MAX_SPEED / CONTROL_HZ)
+        v[:2] /= max(1.0, float(np.abs(v[:2]).max()))
+        return np.clip(v, -1.0, 1.0)
 
     def __call__(self, obs: Any = None) -> np.ndarray:
         env = self.env
