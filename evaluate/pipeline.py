@@ -27,11 +27,13 @@ Presets (``PRESETS``, plain data): ``cpu`` is sized for a 2-core laptop CPU in a
 for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to
 check the wiring (its policy is not expected to succeed).
 
-Sizing the cpu preset (measured on 2 cores, fresh clone, nothing else running): with 3,500 steps the whole
-demo took 33 min 28 s (record 42 s, video 157 s, pretokenize 48 s, train 1,490 s at 2.35 steps/s of 32
-sequences of up to 214 tokens, eval 230 s), so the preset trains 4,500 steps (about 32 minutes) and stays
-within about 45 minutes. Training computes the output head only at the positions that carry a loss, which
-took the 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its
+Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else
+running): with 2,500 steps ``make demo`` took 47 min 43 s with set-up (record 49 s, video 308 s, pretokenize
+74 s, train 1,971 s at 0.79 s per step of 32 sequences of up to 214 tokens in bf16, eval 402 s). The Intel
+CPU with AMX on which the preset was first sized trained 1.85x faster (3,500 steps in 1,490 s, the whole
+demo 33 min 28 s); there 3,500 steps with the next-frame loss reached Drive 84%, here 2,500 fit the 45
+minutes and reach 57%. Training computes the output head only at the positions that carry a loss, which
+took 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its
 episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
 each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
 (``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups

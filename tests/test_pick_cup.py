@@ -125,6 +125,20 @@ def test_expert_succeeds_without_wrong_lifts() -> None:
     e.close()
 
 
+def test_expert_heads_straight_for_the_target_cup(env: PickCupEnv) -> None:
+    """Each approach action points at the target cup (horizontal velocity scaled as a vector, not clipped per
+    axis): demonstrations then say where the named cup is from the very first step, not only on which side."""
+    cosines = []
+    for seed in range(20):
+        env.reset(seed=seed)
+        expert = PickCupExpert(env)
+        to_cup = env.cup_positions()[env.target_index][:2] - env.grip_pos()[:2]
+        v = expert()[:2]
+        cosines.append(float(v @ to_cup / (np.linalg.norm(v) * np.linalg.norm(to_cup))))
+        assert np.abs(v).max() == pytest.approx(1.0, abs=1e-6)  # full speed on the leading axis while far
+    assert min(cosines) > 0.999, cosines
+
+
 def test_noisy_expert_recovers() -> None:
     e = gym.make("robotok/PickCup-v0")
     noisy = [run_expert_episode(e, seed, noise=0.6) for seed in range(6)]

@@ -17,10 +17,12 @@ from robotok.policy.model import weighted_cross_entropy
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards, write_shards
 from robotok.policy.train import (
     TrainConfig,
+    cpu_has_bf16_matmul,
     global_batch_indices,
     kind_weights,
     load_checkpoint,
     lr_at,
+    resolve_dtype,
     split_by_episode,
     train,
     trimmed_length,
@@ -236,3 +238,14 @@ def test_torchrun_two_processes_match_one(tmp_path, mode):
     assert max_diff(weights_of(same_split), dist_w) < 1e-6
     log = lambda d: [json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()]  # noqa: E731
     assert log(tmp_path / mode)[-1]["val/loss"] == pytest.approx(log(one)[-1]["val/loss"], rel=1e-5)
+
+
+def test_auto_dtype_takes_bf16_where_the_cpu_multiplies_bf16() -> None:
+    """AMX-BF16 (Intel) and AVX512-BF16 (AMD Zen 4) both make bf16 autocast pay on CPU; without either it does not."""
+    assert cpu_has_bf16_matmul("flags\t\t: fpu avx2 avx512f amx_bf16 amx_tile")
+    assert cpu_has_bf16_matmul("flags\t\t: fpu avx2 avx512f avx512_bf16")
+    assert not cpu_has_bf16_matmul("flags\t\t: fpu avx2 avx512f avx512_vnni")
+    want = torch.bfloat16 if cpu_has_bf16_matmul() else None
+    assert resolve_dtype("auto", torch.device("cpu")) == want
+    assert resolve_dtype("fp32", torch.device("cpu")) is None
+    assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
