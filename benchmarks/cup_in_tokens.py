@@ -80,7 +80,7 @@ def main() -> None:
         for name, rec in recs.items():
             err = float(np.linalg.norm(locate(rec[0], CUP_COLORS[color], cfg.top) - where))
             errors[name].setdefault(color, []).append(err)
-    result = {"tokenizer": str(cfg.tokenizer), "dataset": str(cfg.dataset), "bits_per_frame": bits}
+    result = {"tokenizer_dir": str(cfg.tokenizer), "dataset": str(cfg.dataset), "bits_per_frame": bits}
     for name, per_color in errors.items():
         every = np.concatenate([np.asarray(v) for v in per_color.values()])
         result[name] = {
