@@ -249,17 +249,25 @@ def pretokenize(
             frames = [np.asarray(ds.episode_frames(ep_of_ds[d], f"observation.images.{c}")) for c in e["cameras"]]
             assert all(len(f) == len(s) for f in frames), f"{name} episode {ep_of_ds[d]}: frames vs {len(s)} states"
             e.setdefault("image_size", [int(x) for x in frames[0].shape[1:3]])
-            codes = [video_tokenizer.encode(f) for f in frames]  # per camera [T, h, w]
+            # encode only the frames some sequence shows (with --stride > 1 a third or more are never used)
+            starts = range(0, len(s), cfg.stride)
+            used = {j for t in starts for j in history_indices(t, cfg.history, cfg.history_stride)}
+            if cfg.frame_loss:
+                used |= {min(len(s) - 1, t + n_act) for t in starts}
+            order = sorted(used)
+            at = {j: i for i, j in enumerate(order)}
+            codes = [video_tokenizer.encode(f[order]) for f in frames]  # per camera [len(order), h, w]
             del frames
-            for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True):
-                steps = [([c[j] for c in codes], s[j]) for j in history_indices(t, cfg.history, cfg.history_stride)]
+            for t, a in zip(starts, acts, strict=True):
+                hist = history_indices(t, cfg.history, cfg.history_stride)
+                steps = [([c[at[j]] for c in codes], s[j]) for j in hist]
                 nxt = min(len(s) - 1, t + n_act)
                 seq = space.sequence(
                     task,
                     steps,
                     a,
                     d,
-                    [c[nxt] for c in codes] if cfg.frame_loss else None,
+                    [c[at[nxt]] for c in codes] if cfg.frame_loss else None,
                     s[-1] if cfg.goal else None,
                 )
                 assert len(seq.tokens) == rows[row][2], f"row {row}: {len(seq.tokens)} tokens, sized {rows[row][2]}"

@@ -174,6 +174,30 @@ def test_one_shared_tokenizer_pads_actions_to_its_dimension(world, tmp_path) -> 
     assert ok and len(ids) == HORIZON * 5 and np.abs(back[:, 2:]).max() <= tok.bin_widths().max() / 2
 
 
+def test_stride_keeps_exactly_the_rows_of_every_stride_th_step(world, tmp_path) -> None:
+    """--stride 3 encodes only the frames its rows show; each row equals the stride-1 row of that step."""
+    from dataclasses import replace
+
+    cfg = replace(world["cfg"], out=str(tmp_path / "strided"), stride=3)
+    strided = TokenShards(
+        pretokenize(
+            list(zip(("pick", "drive"), world["datasets"], strict=True)),
+            world["toks"],
+            world["vt"],
+            cfg,
+            progress=False,
+        )
+    )
+    full = TokenShards(world["out"])
+    rows = {tuple(e): r for r, e in enumerate(np.asarray(full.episodes))}
+    got = [tuple(e) for e in np.asarray(strided.episodes)]
+    assert got == [e for e in rows if e[1] % 3 == 0]
+    for r, e in enumerate(got):
+        n = int((np.asarray(strided.tokens[r]) != PAD).sum())
+        np.testing.assert_array_equal(strided.tokens[r][:n], full.tokens[rows[e]][:n])
+        np.testing.assert_array_equal(strided.kinds[r][:n], full.kinds[rows[e]][:n])
+
+
 def test_inference_builds_the_same_context_as_the_shards(world, tmp_path) -> None:
     """Replaying an episode through Policy gives, at every step, the context of that step's shard row."""
     from robotok.policy.inference import Policy
