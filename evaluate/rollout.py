@@ -153,15 +153,6 @@ class PolicyAdapter:
 # ---- env-specific readings of ``info`` ----------------------------------------------------------------------
 
 
-def scene_targets(env: Any) -> tuple[str, list[str]]:
-    """The reset-option key and the candidate targets of the scene the env is in now (for the prompt sweep)."""
-    base = env.unwrapped
-    for attr, key in (("cup_colors", "target_color"), ("routes", "route")):
-        if hasattr(base, attr):
-            return key, [str(t) for t in getattr(base, attr)]
-    raise ValueError(f"{type(base).__name__} exposes no candidate targets (cup_colors / routes) for --prompt-sweep")
-
-
 def episode_target(info: dict[str, Any]) -> str | None:
     """The target the prompt names (cup colour or route), when the env reports it."""
     for key in ("target_color", "route"):
@@ -271,6 +262,8 @@ def run_job(job: EpisodeJob) -> list[dict[str, Any]]:
     adapter = _POLICIES[job.spec]
     if not job.sweep:
         return [run_episode(env, adapter, job, dict(job.reset_options))]
+    from robotok.sim_envs import scene_targets
+
     env.reset(seed=job.seed, options=dict(job.reset_options) or None)  # look at the scene to list its targets
     key, targets = scene_targets(env)
     return [run_episode(env, adapter, job, {**job.reset_options, key: t}, target=t) for t in targets]

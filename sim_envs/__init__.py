@@ -40,3 +40,14 @@ def make_expert(env: gym.Env, noise: float = 0.0) -> Callable[[dict[str, Any]], 
 
         return DriveExpert(base, noise=noise)
     raise TypeError(f"no scripted expert for {type(base).__name__}; experts exist for {', '.join(ENV_IDS)}")
+
+
+def scene_targets(env: gym.Env) -> tuple[str, list[str]]:
+    """The reset-option key and the candidate targets of the scene the env is in now (call after ``reset``):
+    ``("target_color", cup colours)`` on PickCup, ``("route", routes)`` on Drive. ``env.reset(seed=s,
+    options={key: t})`` replays scene ``s`` with target ``t`` named in the prompt."""
+    base = env.unwrapped
+    for attr, key in (("cup_colors", "target_color"), ("routes", "route")):
+        if hasattr(base, attr):
+            return key, [str(t) for t in getattr(base, attr)]
+    raise ValueError(f"{type(base).__name__} exposes no candidate targets (cup_colors / routes)")

@@ -10,6 +10,11 @@ episodes, encoding each episode into its own data and video files as soon as it 
 assembles the parts (renumbering files, no re-encoding) and writes meta/. The dataset's episodes are
 worker 0's, then worker 1's, ...; ``meta/recording.json`` lists each episode's seed.
 
+``--every-target`` records each scene once per candidate target (each cup of a PickCup scene named in turn,
+each Drive route), so the dataset holds the same first frames under different prompts with different
+actions: what the prompt changes is then in the data itself, not only across scenes that also differ in
+everything else. ``--episodes`` still counts episodes (a scene with 3 cups gives 3).
+
     robotok-record --env robotok/PickCup-v0 --episodes 200 --out data/pickcup --workers 2
 """
 
@@ -35,7 +40,7 @@ from tqdm import tqdm
 
 from robotok.datasets.layout import assemble
 from robotok.datasets.lerobot_v3 import LeRobotDatasetWriter
-from robotok.sim_envs import make_expert  # importing the package also registers the env ids
+from robotok.sim_envs import make_expert, scene_targets  # importing the package also registers the env ids
 
 
 class RecordError(RuntimeError):
@@ -66,6 +71,8 @@ class RecordConfig:
     """camera image height in pixels."""
     crf: int = 0
     """H.264 (yuv444p) quality of the camera videos: 0 keeps frames within 2 levels; higher is smaller, lossier."""
+    every_target: bool = False
+    """record each seed once per candidate target of its scene (each cup named, each route), not once."""
     max_attempts_per_episode: float = 3.0
     """give up once a worker has tried this many seeds per episode of its share (expert failing a lot)."""
 
@@ -84,9 +91,12 @@ class RecordConfig:
             self.out = Path("data") / self.env.split("/")[-1].split("-v")[0].lower()
 
 
-def run_episode(env: Any, seed: int, noise: float) -> tuple[dict[str, np.ndarray], str, bool]:
-    """One expert episode: (frames dict keyed as the dataset's features, prompt, success)."""
-    obs, info = env.reset(seed=seed)
+def run_episode(
+    env: Any, seed: int, noise: float, options: dict[str, Any] | None = None
+) -> tuple[dict[str, np.ndarray], str, bool]:
+    """One expert episode: (frames dict keyed as the dataset's features, prompt, success).
+    ``options`` go to ``env.reset`` (e.g. ``{"target_color": "red"}``)."""
+    obs, info = env.reset(seed=seed, options=options)
     expert = make_expert(env, noise=noise)
     prompt = info["prompt"]
     states, actions, images = [], [], {cam: [] for cam in obs["pixels"]}
@@ -120,23 +130,32 @@ def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, repor
     env = gym.make(cfg.env, width=cfg.width, height=cfg.height)
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
     writer: LeRobotDatasetWriter | None = None
-    seeds, attempts, successes = [], 0, 0
+    seeds, attempts, successes, k = [], 0, 0, 0
     max_attempts = int(np.ceil(cfg.max_attempts_per_episode * quota)) if not cfg.keep_failed else quota
     try:
         while len(seeds) < quota and attempts < max_attempts:
-            seed = cfg.seed_start + worker + attempts * cfg.workers
-            episode, prompt, success = run_episode(env, seed, cfg.noise)
-            attempts += 1
-            successes += success
-            kept = success or cfg.keep_failed
-            if kept:
-                if writer is None:
-                    writer = LeRobotDatasetWriter(
-                        cfg.out, fps, features_of(episode), cfg.env.split("/")[-1], crf=cfg.crf, part_dir=part_dir
-                    )
-                writer.add_episode(episode, prompt)
-                seeds.append({"seed": seed, "success": success})
-            report(("episode", worker, kept, success, len(episode["action"])))
+            seed = cfg.seed_start + worker + k * cfg.workers
+            k += 1
+            targets: list[dict[str, Any] | None] = [None]
+            if cfg.every_target:
+                env.reset(seed=seed)
+                key, names = scene_targets(env)
+                targets = [{key: t} for t in names]
+            for options in targets:
+                if len(seeds) >= quota or attempts >= max_attempts:
+                    break
+                episode, prompt, success = run_episode(env, seed, cfg.noise, options)
+                attempts += 1
+                successes += success
+                kept = success or cfg.keep_failed
+                if kept:
+                    if writer is None:
+                        writer = LeRobotDatasetWriter(
+                            cfg.out, fps, features_of(episode), cfg.env.split("/")[-1], crf=cfg.crf, part_dir=part_dir
+                        )
+                    writer.add_episode(episode, prompt)
+                    seeds.append({"seed": seed, "success": success, **(options or {})})
+                report(("episode", worker, kept, success, len(episode["action"])))
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -225,6 +244,7 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
             "seed_start": cfg.seed_start,
             "workers": workers,
             "keep_failed": cfg.keep_failed,
+            "every_target": cfg.every_target,
             "attempts": stats["attempts"],
             "expert_successes": stats["successes"],
             "episodes": seeds,

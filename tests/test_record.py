@@ -55,6 +55,27 @@ def test_record_round_trip(tmp_path, env_id, workers, episodes):
     env.close()
 
 
+def test_every_target_records_each_scene_once_per_named_cup(tmp_path):
+    """--every-target: the episodes of one seed share their first frame and differ in the named cup, the
+    prompt and where the expert goes."""
+    out = tmp_path / "ds"
+    record(RecordConfig(env="robotok/PickCup-v0", episodes=5, out=out, workers=1, every_target=True))
+    ds = LeRobotDataset(out)
+    eps = json.loads((out / "meta/recording.json").read_text())["episodes"]
+    seed0 = [i for i, e in enumerate(eps) if e["seed"] == 0]
+    env = make_env("robotok/PickCup-v0")
+    env.reset(seed=0)
+    colors = list(env.unwrapped.cup_colors)
+    assert [eps[i]["target_color"] for i in seed0] == colors[: len(seed0)] and len(seed0) >= 2
+    first = [ds.episode(i) for i in seed0]
+    for got, color in zip(first, colors, strict=False):
+        assert color in got["task"] and got["task"] == first[0]["task"].replace(colors[0], color)
+        np.testing.assert_array_equal(got["observation.images.front"][0], first[0]["observation.images.front"][0])
+    ends = np.array([ep["observation.state"][-1, :2] for ep in first])  # grip x, y where each episode ends
+    assert min(np.linalg.norm(a - b) for k, a in enumerate(ends) for b in ends[k + 1 :]) > 0.1  # cups >= 15 cm apart
+    env.close()
+
+
 def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="unknown env id 'robotok/Nope-v0'"):
         record(RecordConfig(env="robotok/Nope-v0", episodes=1, out=tmp_path / "x"))
