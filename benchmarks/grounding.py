@@ -10,6 +10,12 @@ the same scenes, is a prompt-blind policy that heads for a cup of the scene draw
 "reaching for some cup" is worth). For a policy trained with ``robotok-pretokenize --goal`` it also reports
 where the predicted goal lies: nearest the named cup (chance is one over the number of cups) and its
 distance to it.
+
+Two more readings tell a policy that cannot find cups from one that cannot tell them apart: "aims at the
+named cup" (the cup whose direction is closest to the commanded one is the named one; chance is one over
+the number of cups) and the spread of the commanded first directions over all prompts (a policy that
+commands nearly one direction everywhere has a small spread). ``--num-cups 1`` puts one cup on the table,
+so the prompt has nothing to choose and the figures measure finding a cup alone.
 """
 
 from __future__ import annotations
@@ -34,16 +40,20 @@ def main() -> None:
     ap.add_argument("--policy", default="runs/demo/policy", help="checkpoint directory")
     ap.add_argument("--seeds", type=int, default=20, help="unseen scenes (seeds from --seed-start)")
     ap.add_argument("--seed-start", type=int, default=100_000)
+    ap.add_argument("--num-cups", type=int, default=0, help="cups per scene (1-4; 0: the env's default 2-4)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="sample the chunk (0: greedy, as evaluated)")
     ap.add_argument("--out", default="", help="optional JSON file for the figures")
     args = ap.parse_args()
 
-    policy = Policy.from_checkpoint(args.policy)
+    policy = Policy.from_checkpoint(args.policy, temperature=args.temperature)
     e = next((e for e in policy.embodiments if e["state_dim"] == 6), None)
     if e is None:
         raise SystemExit(f"{args.policy} was not trained on PickCup (no embodiment with its 6-D state)")
-    env = gym.make("robotok/PickCup-v0", width=e["image_size"][1], height=e["image_size"][0])
+    kwargs = {"num_cups": args.num_cups} if args.num_cups else {}
+    env = gym.make("robotok/PickCup-v0", width=e["image_size"][1], height=e["image_size"][0], **kwargs)
     rng = np.random.default_rng(0)
     policy_cos, blind_cos, goal_hits, goal_err, chance = [], [], [], [], []
+    aims, angles, cup_angles = [], [], []
     for s in range(args.seed_start, args.seed_start + args.seeds):
         env.reset(seed=s)
         base = env.unwrapped
@@ -53,7 +63,11 @@ def main() -> None:
             policy.reset()
             chunk = policy.predict_chunk({**obs, "task": info["prompt"]})
             to_cup = cups[i] - grip
-            policy_cos.append(cosine(chunk[: policy.n_action_steps, :2].mean(0), to_cup))
+            v = chunk[: policy.n_action_steps, :2].mean(0)
+            policy_cos.append(cosine(v, to_cup))
+            aims.append(int(np.argmax([cosine(v, c - grip) for c in cups]) == i))
+            angles.append(float(np.arctan2(v[1], v[0])))
+            cup_angles.append(float(np.arctan2(to_cup[1], to_cup[0])))
             blind_cos.append(cosine(cups[rng.integers(len(cups))] - grip, to_cup))
             chance.append(1.0 / len(cups))
             if policy.last_goal_ids:
@@ -69,6 +83,10 @@ def main() -> None:
         "mean_cos": float(np.mean(policy_cos)),
         "blind_heads_for_named_cup": float(np.mean(np.array(blind_cos) > 0.9)),
         "blind_mean_cos": float(np.mean(blind_cos)),
+        "aims_at_named_cup": float(np.mean(aims)),
+        "aim_chance": float(np.mean(chance)),
+        "direction_spread_deg": float(np.degrees(np.std(angles))),
+        "named_cup_spread_deg": float(np.degrees(np.std(cup_angles))),
     }
     print(f"{n} prompts over {args.seeds} scenes (each cup named once), first chunk of each:")
     print(
@@ -78,6 +96,11 @@ def main() -> None:
     print(
         f"  prompt-blind  heads for the named cup (cos > 0.9) {res['blind_heads_for_named_cup']:.0%}, "
         f"mean cos {res['blind_mean_cos']:.2f}   (a random cup of the scene)"
+    )
+    print(
+        f"  aims at the named cup (closest direction) {res['aims_at_named_cup']:.0%} (chance {res['aim_chance']:.0%}); "
+        f"spread of first directions {res['direction_spread_deg']:.0f} deg "
+        f"(of the directions to the named cups {res['named_cup_spread_deg']:.0f} deg)"
     )
     if goal_hits:
         res.update(goal_nearest_named=float(np.mean(goal_hits)), goal_chance=float(np.mean(chance)))
