@@ -23,6 +23,7 @@ import tyro
 
 from robotok.evaluate.report import build_report, write_report
 from robotok.evaluate.rollout import EpisodeJob, RolloutSpec, policy_kind, policy_label, run_jobs
+from robotok.sim_envs import json_object
 
 PROG = "robotok-eval"
 
@@ -74,16 +75,16 @@ class EvalConfig:
             )
         self.env = tuple(self.env)
         self.out = Path(self.out)
-        _json_object("env_kwargs", self.env_kwargs)
-        _json_object("reset_options", self.reset_options)
+        json_object("env_kwargs", self.env_kwargs)
+        json_object("reset_options", self.reset_options)
 
     @property
     def env_kwargs_dict(self) -> dict[str, Any]:
-        return _json_object("env_kwargs", self.env_kwargs)
+        return json_object("env_kwargs", self.env_kwargs)
 
     @property
     def reset_options_dict(self) -> dict[str, Any]:
-        return _json_object("reset_options", self.reset_options)
+        return json_object("reset_options", self.reset_options)
 
     @property
     def env_ids(self) -> tuple[str, ...]:
@@ -101,16 +102,6 @@ class EvalConfig:
             if key not in {q if q in ("expert", "random") else str(Path(q).resolve()) for q in out}:
                 out.append(p)
         return out
-
-
-def _json_object(name: str, text: str) -> dict[str, Any]:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"--{name.replace('_', '-')} is not valid JSON ({e}): {text!r}") from e
-    if not isinstance(value, dict):
-        raise ValueError(f"--{name.replace('_', '-')} must be a JSON object like '{{\"key\": 1}}', got {text!r}")
-    return value
 
 
 def validate(cfg: EvalConfig) -> None:

@@ -6,6 +6,7 @@ No torch here: recording demonstrations must not need the training stack.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
@@ -51,3 +52,14 @@ def scene_targets(env: gym.Env) -> tuple[str, list[str]]:
         if hasattr(base, attr):
             return key, [str(t) for t in getattr(base, attr)]
     raise ValueError(f"{type(base).__name__} exposes no candidate targets (cup_colors / routes)")
+
+
+def json_object(name: str, text: str) -> dict[str, Any]:
+    """``--name``'s JSON text as a dict (env kwargs, reset options); ValueError naming the flag otherwise."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--{name.replace('_', '-')} is not valid JSON ({e}): {text!r}") from e
+    if not isinstance(value, dict):
+        raise ValueError(f"--{name.replace('_', '-')} must be a JSON object like '{{\"key\": 1}}', got {text!r}")
+    return value

@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from robotok.datasets.layout import assemble
 from robotok.datasets.lerobot_v3 import LeRobotDatasetWriter
-from robotok.sim_envs import make_expert, scene_targets  # importing the package also registers the env ids
+from robotok.sim_envs import json_object, make_expert, scene_targets  # importing the package also registers the env ids
 
 
 class RecordError(RuntimeError):
@@ -71,6 +71,8 @@ class RecordConfig:
     """camera image height in pixels."""
     crf: int = 0
     """H.264 (yuv444p) quality of the camera videos: 0 keeps frames within 2 levels; higher is smaller, lossier."""
+    env_kwargs: str = "{}"
+    """JSON object of keyword arguments for gym.make, e.g. '{"num_cups": 1}' (one cup: nothing to choose)."""
     every_target: bool = False
     """record each seed once per candidate target of its scene (each cup named, each route), not once."""
     max_attempts_per_episode: float = 3.0
@@ -87,6 +89,7 @@ class RecordConfig:
             raise ValueError(f"crf={self.crf}: H.264 crf is in [0, 51]")
         if self.max_attempts_per_episode < 1:
             raise ValueError(f"max_attempts_per_episode={self.max_attempts_per_episode}: must be >= 1")
+        json_object("env_kwargs", self.env_kwargs)
         if self.out is None:
             self.out = Path("data") / self.env.split("/")[-1].split("-v")[0].lower()
 
@@ -127,7 +130,7 @@ def features_of(episode: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
 
 def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, report: Callable[[tuple], None]) -> dict:
     """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest."""
-    env = gym.make(cfg.env, width=cfg.width, height=cfg.height)
+    env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **json_object("env_kwargs", cfg.env_kwargs))
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
     writer: LeRobotDatasetWriter | None = None
     seeds, attempts, successes, k = [], 0, 0, 0
@@ -245,6 +248,7 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
             "workers": workers,
             "keep_failed": cfg.keep_failed,
             "every_target": cfg.every_target,
+            "env_kwargs": json_object("env_kwargs", cfg.env_kwargs),
             "attempts": stats["attempts"],
             "expert_successes": stats["successes"],
             "episodes": seeds,

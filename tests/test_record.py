@@ -76,6 +76,23 @@ def test_every_target_records_each_scene_once_per_named_cup(tmp_path):
     env.close()
 
 
+def test_env_kwargs_reach_the_env(tmp_path):
+    """--env-kwargs '{"num_cups": 1}': the recorded episodes are those of the one-cup env, replayed here."""
+    import gymnasium as gym
+
+    out = tmp_path / "ds"
+    record(RecordConfig(env="robotok/PickCup-v0", episodes=2, out=out, env_kwargs='{"num_cups": 1}'))
+    rec = json.loads((out / "meta/recording.json").read_text())
+    assert rec["env_kwargs"] == {"num_cups": 1}
+    one = gym.make("robotok/PickCup-v0", width=64, height=64, num_cups=1)
+    ds = LeRobotDataset(out)
+    for i, e in enumerate(rec["episodes"]):
+        expected, prompt, _ = run_episode(one, e["seed"], noise=0.0)
+        assert len(one.unwrapped.cup_colors) == 1 and ds.episode(i)["task"] == prompt
+        np.testing.assert_array_equal(ds.episode(i)["observation.state"], expected["observation.state"])
+    one.close()
+
+
 def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="unknown env id 'robotok/Nope-v0'"):
         record(RecordConfig(env="robotok/Nope-v0", episodes=1, out=tmp_path / "x"))
@@ -86,4 +103,6 @@ def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main()
     assert "episodes=0, workers=1: both must be >= 1" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--env-kwargs must be a JSON object"):
+        RecordConfig(episodes=1, out=tmp_path / "z", env_kwargs="[1]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written left behind
