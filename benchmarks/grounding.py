@@ -29,6 +29,7 @@ import numpy as np
 
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
 from robotok.policy import Policy
+from robotok.sim_envs import json_object
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -41,6 +42,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=20, help="unseen scenes (seeds from --seed-start)")
     ap.add_argument("--seed-start", type=int, default=100_000)
     ap.add_argument("--num-cups", type=int, default=0, help="cups per scene (1-4; 0: the env's default 2-4)")
+    ap.add_argument("--env-kwargs", default="{}", help="JSON kwargs for the env, e.g. the policy's prompt templates")
     ap.add_argument("--temperature", type=float, default=0.0, help="sample the chunk (0: greedy, as evaluated)")
     ap.add_argument("--out", default="", help="optional JSON file for the figures")
     args = ap.parse_args()
@@ -49,7 +51,7 @@ def main() -> None:
     e = next((e for e in policy.embodiments if e["state_dim"] == 6), None)
     if e is None:
         raise SystemExit(f"{args.policy} was not trained on PickCup (no embodiment with its 6-D state)")
-    kwargs = {"num_cups": args.num_cups} if args.num_cups else {}
+    kwargs = {**json_object("env_kwargs", args.env_kwargs), **({"num_cups": args.num_cups} if args.num_cups else {})}
     env = gym.make("robotok/PickCup-v0", width=e["image_size"][1], height=e["image_size"][0], **kwargs)
     rng = np.random.default_rng(0)
     policy_cos, blind_cos, goal_hits, goal_err, chance = [], [], [], [], []
