@@ -72,7 +72,7 @@ class PretokenizeConfig:
     stride: int = 1
     """Emit one sequence every this many steps of an episode."""
     frame_loss: bool = False
-    """Append the frame n_action_steps ahead as a world-model target (KIND_FRAME)."""
+    """Append the frame n_action_steps ahead and the state at that step as world-model targets (KIND_FRAME)."""
     goal: bool = False
     """Insert the episode's final state as a goal the model predicts before each action chunk (KIND_GOAL)."""
     state_bins: int = 256
@@ -226,6 +226,7 @@ def pretokenize(
                 d,
                 [zero_codes] * len(e["cameras"]) if cfg.frame_loss else None,
                 s[-1] if cfg.goal else None,
+                s[0] if cfg.frame_loss else None,
             ).tokens
         )
         rows += [(e_i, t, base + len(a)) for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True)]
@@ -269,12 +270,15 @@ def pretokenize(
                     d,
                     [c[at[nxt]] for c in codes] if cfg.frame_loss else None,
                     s[-1] if cfg.goal else None,
+                    s[nxt] if cfg.frame_loss else None,
                 )
                 assert len(seq.tokens) == rows[row][2], f"row {row}: {len(seq.tokens)} tokens, sized {rows[row][2]}"
                 tokens[row, : len(seq.tokens)] = seq.tokens
                 kinds[row, seq.action[0] : seq.action[1]] = KIND_ACTION
                 if seq.frame is not None:
                     kinds[row, seq.frame[0] : seq.frame[1]] = KIND_FRAME
+                if seq.next_state is not None:
+                    kinds[row, seq.next_state[0] : seq.next_state[1]] = KIND_FRAME
                 if seq.goal is not None:
                     kinds[row, seq.goal[0] : seq.goal[1]] = KIND_GOAL
                 episodes[row] = (e_i, t)
@@ -298,6 +302,7 @@ def pretokenize(
             "history": cfg.history,
             "history_stride": cfg.history_stride,
             "frame_loss": cfg.frame_loss,
+            "next_state": cfg.frame_loss,  # the state after the next frame is a target too
             "goal": cfg.goal,
             "seq_len": seq_len,
             "cameras": sorted({c for e in embs for c in e["cameras"]}, key=list(cfg.cameras).index),

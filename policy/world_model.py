@@ -5,7 +5,7 @@ A checkpoint trained on shards made with ``robotok-pretokenize --frame-loss`` an
 (``n_action_steps`` later; see the grammar in ``robotok.tokenizers.space``)::
 
     BOS prompt SEP {FRAME_OPEN video FRAME_CLOSE STATE_OPEN state STATE_CLOSE} ACT_OPEN actions ACT_CLOSE
-    FRAME_OPEN video' FRAME_CLOSE
+    FRAME_OPEN video' FRAME_CLOSE [STATE_OPEN state' STATE_CLOSE]
 
 Imagining alternates the two: from one real observation, generate an action chunk, then the next frame's
 ids; that imagined frame becomes the newest context frame, and so on (as GR-1, Genie and GAIA-1 do at
@@ -13,9 +13,11 @@ scale). Both halves are grammar-constrained: action positions admit only the emb
 ACT_CLOSE where allowed), frame positions only video ids, exactly ``cameras x tokens_per_frame`` of them.
 
 Conventions:
-- The model predicts frames, not proprioception. After the real first observation the state in the
-  context is therefore the last real state held (pure imagination), unless the caller tells one with
-  :meth:`Imagination.set_state` (e.g. the simulator's, as a diagnostic).
+- A checkpoint whose shards carry the next state after the next frame (policy.json ``next_state``, what
+  ``--frame-loss`` writes) predicts that state too, and the imagined state becomes the context's state:
+  the frame and the state the model reads next then agree. Older frame-loss checkpoints predict frames
+  only; their context holds the last real state. Either way :meth:`Imagination.set_state` overrides it
+  (e.g. with the simulator's state, as a diagnostic).
 - Imagined frames exist every ``n_action_steps`` env steps. A history step that falls in between uses the
   latest frame imagined before it (exact when ``history == 1`` or ``history_stride`` is a multiple of
   ``n_action_steps``).
@@ -35,7 +37,7 @@ import numpy as np
 import torch
 
 from robotok.policy.inference import Policy
-from robotok.tokenizers.space import ACT_CLOSE, FRAME_OPEN, SEP, history_indices
+from robotok.tokenizers.space import ACT_CLOSE, FRAME_CLOSE, FRAME_OPEN, SEP, STATE_OPEN, history_indices
 
 
 def check_frame_loss(ckpt_dir: str | Path) -> None:
@@ -83,6 +85,7 @@ class ImaginedChunk:
     video_ids: list[int]  # token ids of the frame, all cameras in order, FRAME_OPEN/CLOSE excluded
     tokens: list[int]  # the whole sequence this step generated from: context + actions + ACT_CLOSE + frame
     decode_ok: bool  # False when the action tokenizer flagged the chunk and it was replaced by the hold
+    state: np.ndarray | None = None  # float32 [S]: the imagined state after the chunk (None: not predicted)
 
 
 class WorldModel:
@@ -97,6 +100,10 @@ class WorldModel:
         video = np.zeros(vocab, dtype=bool)
         video[: self.space.vocab_size] = self.space.range_mask("video")
         self.video_mask = torch.from_numpy(video).to(policy.device)
+        state = np.zeros(vocab, dtype=bool)
+        state[: self.space.vocab_size] = self.space.range_mask("state")
+        self.state_mask = torch.from_numpy(state).to(policy.device)
+        self.next_state = bool(policy.config.get("next_state", False))
         self._action_masks: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
@@ -170,10 +177,12 @@ class Imagination:
         n_video = len(self.cameras) * self.wm.grid[0] * self.wm.grid[1]
         context = p.with_goal(self.context(), self.embodiment)  # unchanged unless the policy predicts goals
         assert context[: len(self._prefix)] == self._prefix and self._prefix[-1] == SEP
-        need = len(context) + r.max_length + 2 + n_video
+        n_state = 2 + space.embodiments[self.embodiment].state_dim if wm.next_state else 0
+        need = len(context) + r.max_length + 2 + n_video + n_state
         if need > model.cfg.max_seq_len:
             raise ValueError(
-                f"context {len(context)} + at most {r.max_length + 2} action + {n_video} frame tokens "
+                f"context {len(context)} + at most {r.max_length + 2} action + {n_video} frame "
+                f"(+ {n_state} state) tokens "
                 f"> the model's max_seq_len {model.cfg.max_seq_len}"
             )
         if self._cache is None or self._cache.max_len < need:
@@ -201,16 +210,29 @@ class Imagination:
         for k in range(n_video):  # the next frame: video ids only, exactly n_video of them
             tok = pick(logits, wm.video_mask, **sample)
             video_ids.append(tok)
-            if k + 1 < n_video:
+            if k + 1 < n_video or wm.next_state:
                 logits = feed([tok])
         assert all(space.is_video(i) for i in video_ids), "a non-video id at a frame position"
+        tokens = [*context, *action_ids, ACT_CLOSE, FRAME_OPEN, *video_ids]
+        state = None
+        if wm.next_state:  # the state after the frame: state ids only, one per dimension
+            logits = feed([FRAME_CLOSE, STATE_OPEN])  # forced by the grammar
+            dim = space.embodiments[self.embodiment].state_dim
+            state_ids: list[int] = []
+            for k in range(dim):
+                state_ids.append(pick(logits, wm.state_mask, **sample))
+                if k + 1 < dim:
+                    logits = feed([state_ids[-1]])
+            tokens += [FRAME_CLOSE, STATE_OPEN, *state_ids]
+            state = space.decode_state(state_ids, self.embodiment)
 
         actions, ok = self._decode_actions(action_ids)
         codes = space.video_codes(np.asarray(video_ids)).reshape(len(self.cameras), *self.wm.grid)
         self.t += wm.n_action_steps
         self.frames[self.t] = list(codes)
-        tokens = [*context, *action_ids, ACT_CLOSE, FRAME_OPEN, *video_ids]
-        return ImaginedChunk(actions, list(codes), action_ids, video_ids, tokens, ok)
+        if state is not None:
+            self.states[self.t] = state
+        return ImaginedChunk(actions, list(codes), action_ids, video_ids, tokens, ok, state)
 
     def _decode_actions(self, ids: list[int]) -> tuple[np.ndarray, bool]:
         """Action ids -> float32 [H, A] with the policy's rule: a flagged chunk becomes the hold action."""

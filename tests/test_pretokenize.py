@@ -18,7 +18,15 @@ from robotok.policy.model import ModelConfig, Transformer
 from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, main, pretokenize
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_NONE, TokenShards
 from robotok.tokenizers.action import BinningTokenizer, DCTBPETokenizer, load_action_tokenizer
-from robotok.tokenizers.space import ACT_CLOSE, FRAME_CLOSE, PAD, TokenSpace, history_indices
+from robotok.tokenizers.space import (
+    ACT_CLOSE,
+    FRAME_CLOSE,
+    PAD,
+    STATE_CLOSE,
+    STATE_OPEN,
+    TokenSpace,
+    history_indices,
+)
 from robotok.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
 
 H, W = 16, 16
@@ -130,13 +138,16 @@ def test_every_row_parses_back_to_its_episode(world) -> None:
             np.testing.assert_array_equal(
                 space.video_codes(p["next_frame"]), np.concatenate([codes[c][nxt].ravel() for c in emb["cameras"]])
             )
-            # kinds: action ids + ACT_CLOSE, then the next frame's ids + FRAME_CLOSE; PAD after the end
+            assert p["next_state"] == space.encode_state(ep["observation.state"][nxt], d)
+            # kinds: action ids + ACT_CLOSE, then the next frame's ids + FRAME_CLOSE and the next state's
+            # bins + STATE_CLOSE (STATE_OPEN between them is forced: no loss); PAD after the end
             n = int((tokens != PAD).sum())
             assert (tokens[n:] == PAD).all() and (kinds[n:] == KIND_NONE).all()
             act = np.flatnonzero(kinds == KIND_ACTION)
             assert tokens[act].tolist() == [*p["actions"], ACT_CLOSE]
             frame = np.flatnonzero(kinds == KIND_FRAME)
-            assert tokens[frame].tolist() == [*p["next_frame"], FRAME_CLOSE] and frame[-1] == n - 1
+            assert tokens[frame].tolist() == [*p["next_frame"], FRAME_CLOSE, *p["next_state"], STATE_CLOSE]
+            assert frame[-1] == n - 1 and tokens[frame[len(p["next_frame"])] + 1] == STATE_OPEN
 
 
 def test_shard_dir_carries_what_a_checkpoint_needs(world) -> None:
@@ -144,6 +155,7 @@ def test_shard_dir_carries_what_a_checkpoint_needs(world) -> None:
     space = TokenSpace.load(out / "token_space.json")
     policy = json.loads((out / "policy.json").read_text())
     assert policy["horizon"] == HORIZON and policy["n_action_steps"] == 3 and policy["history"] == 2
+    assert policy["frame_loss"] and policy["next_state"]  # what robotok-imagine reads to predict the state
     assert policy["tasks"] == sorted({*ROBOTS["pick"][3], *ROBOTS["drive"][3]})
     assert [(e["state_dim"], e["action_dim"], e["hold"]) for e in policy["embodiments"]] == [
         (7, 5, [0.0] * 5),

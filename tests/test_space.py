@@ -13,6 +13,8 @@ from robotok.tokenizers.space import (
     PAD,
     SEP,
     SPECIAL,
+    STATE_CLOSE,
+    STATE_OPEN,
     ActionRange,
     Embodiment,
     TokenSpace,
@@ -150,9 +152,29 @@ def test_sequence_parses_back() -> None:
         space.parse(seq.tokens[1:])
 
 
+def test_the_next_state_follows_the_next_frame_as_a_step() -> None:
+    space = make_space()
+    rng = np.random.default_rng(3)
+    steps = [([rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))], rng.uniform(-3, 3, 2))]
+    acts = rng.integers(0, 300, 7).tolist()
+    nxt, x = [rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))], rng.uniform(-3, 3, 2)
+    seq = space.sequence("drive left", steps, acts, embodiment=1, next_frame=nxt, next_state=x)
+    plain = space.sequence("drive left", steps, acts, embodiment=1, next_frame=nxt)
+    # the trailing frame + state is exactly one observed step, as the next context will show it
+    assert seq.tokens == plain.tokens + space.step(nxt, x, 1)[len(space.frame(nxt)) :]
+    assert seq.tokens[len(plain.tokens)] == STATE_OPEN and seq.frame == plain.frame
+    s0, s1 = seq.next_state
+    assert s0 == len(plain.tokens) + 1 and s1 == len(seq.tokens) and seq.tokens[s1 - 1] == STATE_CLOSE
+    assert seq.tokens[s0 : s1 - 1] == space.encode_state(x, 1)
+    parsed = space.parse(seq.tokens)
+    assert parsed["next_state"] == space.encode_state(x, 1) and space.parse(plain.tokens)["next_state"] is None
+    with pytest.raises(ValueError, match="give next_frame"):
+        space.sequence("drive left", steps, acts, embodiment=1, next_state=x)
+
+
 def test_goal_sits_before_the_actions_as_a_target() -> None:
     """A goal state goes between the observed steps and ACT_OPEN; its span is the bins plus STATE_CLOSE."""
-    from robotok.tokenizers.space import ACT_OPEN, STATE_CLOSE, STATE_OPEN
+    from robotok.tokenizers.space import ACT_OPEN
 
     space = make_space()
     rng = np.random.default_rng(3)

@@ -25,11 +25,13 @@ context with :meth:`TokenSpace.context`, the same code, so the two cannot drift)
     [ STATE_OPEN goal-bins STATE_CLOSE ]                         <- optional: the state the episode ends in,
                                                                     predicted before acting (``--goal``)
     ACT_OPEN action-ids ACT_CLOSE                                <- the chunk of H actions from the current step
-    [ FRAME_OPEN video(cam1) [video(cam2) ...] FRAME_CLOSE ]     <- optional: the frame n_action_steps later
+    [ FRAME_OPEN video(cam1) [video(cam2) ...] FRAME_CLOSE       <- optional: the frame n_action_steps later
+      [ STATE_OPEN state-bins STATE_CLOSE ] ]                       and the state at that step
 
 The targets that carry a loss are the goal bins plus their ``STATE_CLOSE`` (when present), the action ids
-plus ``ACT_CLOSE`` (the policy loss) and the video ids
-plus ``FRAME_CLOSE`` of the trailing frame (the world-model loss); everything else is context. Video ids
+plus ``ACT_CLOSE`` (the policy loss) and the video ids plus ``FRAME_CLOSE`` of the trailing frame, and
+the state bins plus ``STATE_CLOSE`` after it (the world-model loss: a rollout with no simulator predicts
+the next step whole, so the state it reads next agrees with the frame); everything else is context. Video ids
 of a frame are the tokenizer's [h, w] code grid in row-major order, one camera after the other.
 
 Constrained decoding (:meth:`TokenSpace.allowed_after`): at an action position only the ids of the
@@ -107,12 +109,14 @@ def history_indices(t: int, history: int, stride: int = 1) -> list[int]:
 
 class Sequence(NamedTuple):
     """A built sequence and where its target spans are: ``tokens[action[0]:action[1]]`` are the action ids
-    plus ACT_CLOSE, ``tokens[frame[0]:frame[1]]`` the next frame's video ids plus FRAME_CLOSE (or None)."""
+    plus ACT_CLOSE, ``tokens[frame[0]:frame[1]]`` the next frame's video ids plus FRAME_CLOSE (or None),
+    ``tokens[next_state[0]:next_state[1]]`` the next state's bins plus STATE_CLOSE (or None)."""
 
     tokens: list[int]
     action: tuple[int, int]
     frame: tuple[int, int] | None
     goal: tuple[int, int] | None = None
+    next_state: tuple[int, int] | None = None
 
 
 @dataclass
@@ -277,11 +281,15 @@ class TokenSpace:
         embodiment: int = 0,
         next_frame: list[np.ndarray] | None = None,
         goal: np.ndarray | None = None,
+        next_state: np.ndarray | None = None,
     ) -> Sequence:
-        """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame.
+        """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame
+        (and after it ``next_state``, float [S]: the step that follows the chunk, as :meth:`step` writes it).
 
         ``goal`` (float [S], a state): ``STATE_OPEN goal-bins STATE_CLOSE`` goes between the observed steps
         and ACT_OPEN, as a target the model predicts before it acts (the state the episode ends in)."""
+        if next_state is not None and next_frame is None:
+            raise ValueError("next_state follows the next frame: give next_frame too")
         tokens = self.context(prompt, steps, embodiment)
         goal_span = None
         if goal is not None:
@@ -295,12 +303,17 @@ class TokenSpace:
             f0 = len(tokens) + 1  # FRAME_OPEN is forced by the grammar: context, not target
             tokens += self.frame(next_frame)
             frame = (f0, len(tokens))
-        return Sequence(tokens, (a0, a0 + len(action_tokens) + 1), frame, goal_span)
+        state_span = None
+        if next_state is not None:
+            s0 = len(tokens) + 1  # STATE_OPEN is forced after FRAME_CLOSE here: context, not target
+            tokens += [STATE_OPEN, *self.encode_state(next_state, embodiment), STATE_CLOSE]
+            state_span = (s0, len(tokens))
+        return Sequence(tokens, (a0, a0 + len(action_tokens) + 1), frame, goal_span, state_span)
 
     def parse(self, tokens: list[int] | np.ndarray) -> dict[str, Any]:
         """Split a sequence back into its parts (PAD ignored): ``prompt`` (str), ``steps`` (list of
         (video ids, state ids)), ``goal`` (state ids or None), ``actions`` (action ids, None when ACT_OPEN is
-        missing), ``next_frame``.
+        missing), ``next_frame``, ``next_state`` (state ids or None).
         Raises ValueError where the sequence breaks the grammar."""
         toks = [int(t) for t in tokens if int(t) != PAD]
 
@@ -325,6 +338,7 @@ class TokenSpace:
             "goal": None,
             "actions": None,
             "next_frame": None,
+            "next_state": None,
         }
         while i < len(toks) and toks[i] == FRAME_OPEN:
             video, i = until(i + 1, FRAME_CLOSE)
@@ -336,6 +350,8 @@ class TokenSpace:
             out["actions"], i = until(expect(i, ACT_OPEN), ACT_CLOSE)
             if i < len(toks):
                 out["next_frame"], i = until(expect(i, FRAME_OPEN), FRAME_CLOSE)
+            if i < len(toks):
+                out["next_state"], i = until(expect(i, STATE_OPEN), STATE_CLOSE)
             if i != len(toks):
                 raise ValueError(f"{len(toks) - i} trailing tokens after position {i}")
         return out
