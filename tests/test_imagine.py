@@ -21,6 +21,7 @@ from robotok.evaluate.imagine import (
     frames_psnr,
     imagine_episode,
     main,
+    on_reference,
     psnr,
     summarize,
 )
@@ -30,7 +31,7 @@ from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, pretoken
 from robotok.policy.train import TrainConfig, train
 from robotok.policy.world_model import WorldModel, check_frame_loss
 from robotok.tokenizers.action import BinningTokenizer
-from robotok.tokenizers.space import ACT_CLOSE, ACT_OPEN, FRAME_OPEN
+from robotok.tokenizers.space import ACT_CLOSE, ACT_OPEN, FRAME_CLOSE, FRAME_OPEN, STATE_OPEN
 from robotok.tokenizers.video import VideoTokenizer, VideoTokenizerConfig
 
 IMG, HORIZON, N_ACT = 16, 4, 2
@@ -135,20 +136,40 @@ def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt)
         for j, tok in enumerate(chunk.action_ids):
             mask = wm.action_mask(j, 0)
             assert int(logits[a0 + j - 1].masked_fill(~mask, -math.inf).argmax()) == tok
-        v0 = len(chunk.tokens) - n_video
+        # then the frame, then (FRAME_CLOSE STATE_OPEN forced) the state after it: 6 state ids
+        v0 = len(chunk.tokens) - n_video - 2 - 6
         assert chunk.tokens[v0 - 2 : v0] == [ACT_CLOSE, FRAME_OPEN]
+        assert chunk.tokens[v0 + n_video : v0 + n_video + 2] == [FRAME_CLOSE, STATE_OPEN]
         for j, tok in enumerate(chunk.video_ids):
             assert int(logits[v0 + j - 1].masked_fill(~wm.video_mask, -math.inf).argmax()) == tok
+        s0 = v0 + n_video + 2
+        state_ids = chunk.tokens[s0:]
+        lo, hi = space.ranges()["state"]
+        assert len(state_ids) == 6 and all(lo <= i < hi for i in state_ids)
+        for j, tok in enumerate(state_ids):
+            assert int(logits[s0 + j - 1].masked_fill(~wm.state_mask, -math.inf).argmax()) == tok
+        # the imagined state is the newest context state, as the imagined frame is the newest frame
+        np.testing.assert_array_equal(chunk.state, space.decode_state(state_ids, 0))
+        assert rollout.context()[-8:-2] == state_ids
     decoded = rollout.decode_frames(chunk.codes)
     assert sorted(decoded) == sorted(CAMS) and all(
         f.shape == (IMG, IMG, 3) and f.dtype == np.uint8 for f in decoded.values()
     )
-    # without a state from outside the first one is held; with one, the next context carries it
-    s0 = space.encode_state(first_obs()["agent_pos"], 0)
-    assert rollout.context()[-(len(s0) + 2) : -2] == s0
+    # a state from outside (the simulator's) overrides the imagined one
     new = np.full(6, 0.3, np.float32)
     rollout.set_state(new)
-    assert rollout.context()[-(len(s0) + 2) : -2] == space.encode_state(new, 0)
+    assert rollout.context()[-8:-2] == space.encode_state(new, 0)
+
+
+def test_a_checkpoint_without_next_state_targets_holds_the_real_state(ckpt) -> None:
+    p = Policy.from_checkpoint(ckpt)
+    wm = WorldModel(Policy(p.model, p.space, {**p.config, "next_state": False}, p.action_tokenizers, p.video_tokenizer))
+    rollout = wm.start(first_obs(), PROMPTS[0])
+    s0 = wm.space.encode_state(first_obs()["agent_pos"], 0)
+    for _ in range(2):
+        chunk = rollout.step()
+        assert chunk.state is None and wm.space.is_video(chunk.tokens[-1])  # it stops at the frame's last id
+        assert rollout.context()[-8:-2] == s0
 
 
 class Hostile(torch.nn.Module):
@@ -213,16 +234,43 @@ def test_psnr_of_known_pairs() -> None:
     eps = [
         {
             "psnr_model": [30.0, 20.0],
+            "psnr_model_decoder": [27.0, 19.0],
             "psnr_copy_last": [25.0, 22.0],
             "psnr_copy_last_tokens": [20.0, 19.0],
             "psnr_tokenizer": [35.0, 35.0],
         },
-        {"psnr_model": [26.0], "psnr_copy_last": [21.0], "psnr_copy_last_tokens": [18.0], "psnr_tokenizer": [33.0]},
+        {
+            "psnr_model": [26.0],
+            "psnr_model_decoder": [25.0],
+            "psnr_copy_last": [21.0],
+            "psnr_copy_last_tokens": [18.0],
+            "psnr_tokenizer": [33.0],
+        },
     ]
     rows = summarize(eps, steps=3, n_action_steps=5, fps=20.0)
     assert [(r["episodes"], r["psnr/model"], r["psnr/copy_last"]) for r in rows] == [(2, 28.0, 23.0), (1, 20.0, 22.0)]
+    assert rows[0]["psnr/model_decoder"] == 26.0
     assert rows[0]["ratio"] == pytest.approx(28 / 23) and rows[1]["gain_db"] == pytest.approx(-2.0)
     assert rows[0]["t_s"] == 0.25 and beaten_until_s(rows) == 0.25 and rows[0]["psnr/copy_last_tokens"] == 19.0
+
+
+def test_an_imagined_frame_is_drawn_as_a_change_to_the_real_one() -> None:
+    rng = np.random.default_rng(0)
+    real = {c: rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for c in CAMS}
+    real_decoded = {
+        c: np.clip(f.astype(int) + rng.integers(-20, 21, f.shape), 0, 255).astype(np.uint8) for c, f in real.items()
+    }
+    # codes unchanged -> the real frame itself, not its lossy reconstruction
+    same = on_reference(real_decoded, real, real_decoded)
+    assert all(np.array_equal(same[c], real[c]) for c in CAMS)
+    # a change the decoder draws is added where it happens, and nowhere else
+    moved = {c: f.copy() for c, f in real_decoded.items()}
+    moved["front"][2:4, 2:4] = 200
+    out = on_reference(moved, real, real_decoded)
+    diff = out["front"].astype(int) - real["front"].astype(int)
+    want = np.clip(real["front"].astype(int) + 200 - real_decoded["front"].astype(int), 0, 255) - real["front"]
+    np.testing.assert_array_equal(diff[2:4, 2:4], want[2:4, 2:4])
+    assert not diff[:2].any() and not diff[4:].any() and np.array_equal(out["wrist"], real["wrist"])
 
 
 class EndsEarly(gym.Env):
@@ -251,8 +299,8 @@ def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> N
     ep = imagine_episode(wm, EndsEarly(), seed=1, steps=6)
     # chunks end at steps 2 and 4; the episode ends at step 5, before the third chunk's frame
     assert ep["steps_done"] == 2 and ep["prompt"] == PROMPTS[1]
-    assert len(ep["real"]) == len(ep["imagined"]) == len(ep["tokenizer"]) == 3
-    assert len(ep["psnr_model"]) == len(ep["psnr_copy_last"]) == 2
+    assert len(ep["real"]) == len(ep["imagined"]) == len(ep["decoded"]) == len(ep["tokenizer"]) == 3
+    assert len(ep["psnr_model"]) == len(ep["psnr_model_decoder"]) == len(ep["psnr_copy_last"]) == 2
     assert [len(a) for a in ep["actions"]] == [2, 2, 1]
     np.testing.assert_array_equal(ep["real"][2]["front"], first_obs(4)["pixels"]["front"])
     assert ep["psnr_copy_last"][0] == pytest.approx(frames_psnr(ep["real"][0], ep["real"][1]))
