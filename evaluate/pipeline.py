@@ -23,23 +23,11 @@ A stage is skipped when its output is complete and newer than the outputs it rea
 second run is a no-op and ``--force`` on an early stage redoes everything after it; an interrupted
 ``train`` resumes from its last checkpoint. Wall time per stage goes to ``pipeline.json`` and the report.
 
-Presets (``PRESETS``, plain data): ``cpu`` is sized for a 2-core laptop CPU in about 45 minutes, ``gpu``
-for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to
-check the wiring (its policy is not expected to succeed).
+Presets (``robotok.evaluate.presets.PRESETS``, plain data, with how the cpu one was sized): ``cpu`` is
+sized for a 2-core laptop CPU in about 45 minutes, ``gpu`` for one CUDA GPU with 16 CPU cores, ``smoke``
+runs every stage on a handful of episodes and steps to check the wiring (its policy is not expected to
+succeed).
 
-Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else
-running): with 2,500 steps ``make demo`` took 47 min 43 s with set-up (record 49 s, video 308 s, pretokenize
-74 s, train 1,971 s at 0.79 s per step of 32 sequences of up to 214 tokens in bf16, eval 402 s). The Intel
-CPU with AMX on which the preset was first sized trained 1.85x faster (3,500 steps in 1,490 s, the whole
-demo 33 min 28 s); there 3,500 steps with the next-frame loss reached Drive 84%, here 2,500 fit the 45
-minutes and reach 57%. Training computes the output head only at the positions that carry a loss, which
-took 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its
-episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
-each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
-(``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
-at all. The policy trains with the next-frame (world-model) loss at weight 0.5: with the same data,
-tokenizers and steps, Drive success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84%
-[76, 90] with it.
 On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
 a descheduled thread (8x slower, measured).
 """
@@ -53,13 +41,14 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from robotok.evaluate.presets import EVAL_SEED_START, PRESETS, TASKS, Preset
+
 PROG = "robotok-pipeline"
 STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
-TASKS = {"pickcup": "robotok/PickCup-v0", "drive": "robotok/Drive-v0"}  # data/<task>/ <- env id
 CLI_MODULES = {
     "robotok-record": "robotok.sim_envs.record",
     "robotok-fit-tokenizers": "robotok.tokenizers.fit",
@@ -67,108 +56,6 @@ CLI_MODULES = {
     "robotok-pretokenize": "robotok.policy.pretokenize",
     "robotok-train": "robotok.policy.train",
     "robotok-eval": "robotok.evaluate.cli",
-}
-EVAL_SEED_START = 100_000  # demonstrations use seeds from 0: evaluation scenes are unseen
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Every choice of the demo in one place; see the module docstring of each command for its meaning."""
-
-    episodes: dict[str, int]  # demonstrations per task (TASKS key): a PickCup episode is ~46 steps, a Drive one ~125
-    noise: float  # expert noise: perturbations the expert recovers from, so the data shows recoveries
-    record_workers: int
-    image_size: int  # square camera images
-    horizon: int  # action chunk length H
-    n_action_steps: int  # actions executed per predicted chunk
-    action_kind: Literal["binning", "bspline", "dct_bpe"]
-    control_points: int  # B-spline control points per action dimension
-    cameras: tuple[str, ...]  # cameras tokenised into the policy's context (each task uses those it has)
-    history: int  # observed steps in the context
-    video_downsample: int  # 8: 64x64 -> 8x8 tokens, 16: 4x4
-    video_channels: tuple[int, ...]
-    video_steps: int
-    video_batch: int
-    model: str  # robotok.policy.model.PRESETS
-    train_steps: int
-    train_batch: int
-    lr: float
-    warmup: int
-    frame_loss_weight: float  # next-frame (world-model) loss; > 0 also pre-tokenises the next frames
-    goal: bool  # predict the episode's final state before each chunk (robotok-pretokenize --goal)
-    eval_episodes: int  # per env, on unseen seeds
-    sweep_episodes: int  # seeds of the prompt-grounding sweep, per env (each run once per candidate target)
-    eval_workers: int
-    videos: int
-    device: str = "cpu"
-
-
-_CPU = Preset(
-    episodes={"pickcup": 500, "drive": 200},
-    noise=0.3,
-    record_workers=2,
-    image_size=64,
-    horizon=10,
-    n_action_steps=5,
-    action_kind="bspline",
-    control_points=4,
-    cameras=("front",),
-    history=1,
-    video_downsample=8,
-    video_channels=(32, 64, 96),
-    video_steps=2000,
-    video_batch=32,
-    model="tiny",
-    train_steps=2500,
-    train_batch=32,
-    lr=1e-3,
-    warmup=150,
-    frame_loss_weight=0.5,
-    goal=False,
-    eval_episodes=100,
-    sweep_episodes=20,
-    eval_workers=2,
-    videos=2,
-)
-# The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
-PRESETS: dict[str, Preset] = {
-    "cpu": _CPU,
-    "gpu": replace(
-        _CPU,
-        episodes={"pickcup": 2500, "drive": 1000},
-        record_workers=16,
-        cameras=("front", "wrist", "top"),
-        history=2,
-        video_channels=(32, 64, 96),
-        video_steps=3000,
-        video_batch=64,
-        model="small",
-        train_steps=20000,
-        train_batch=128,
-        lr=6e-4,
-        warmup=500,
-        eval_episodes=200,
-        sweep_episodes=100,
-        eval_workers=16,
-        videos=4,
-        device="cuda",
-    ),
-    "smoke": replace(
-        _CPU,
-        episodes={"pickcup": 3, "drive": 3},
-        record_workers=1,
-        video_channels=(8, 16, 16),
-        video_steps=10,
-        video_batch=8,
-        model="micro",
-        train_steps=10,
-        train_batch=8,
-        warmup=2,
-        eval_episodes=1,
-        sweep_episodes=1,
-        eval_workers=1,
-        videos=1,
-    ),
 }
 
 

@@ -80,7 +80,7 @@ def _stage_rows(log: dict[str, Any]) -> list[list[str]]:
 
 
 def _data_section(out: Path) -> list[str]:
-    from robotok.evaluate.pipeline import TASKS
+    from robotok.evaluate.presets import TASKS
 
     rows = []
     for task in TASKS:

@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from robotok.evaluate.pipeline import PRESETS, STAGES, PipelineConfig, commands, done_files, run, stage_state
+from robotok.evaluate.pipeline import STAGES, PipelineConfig, commands, done_files, run, stage_state
+from robotok.evaluate.presets import PRESETS
 
 
 @pytest.fixture(scope="module")
