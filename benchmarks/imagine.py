@@ -35,8 +35,9 @@ class BenchConfig:
     """Chunks imagined per episode."""
     seed: int = 100_000
     """First seed (demonstrations are recorded from seed 0)."""
-    state: str = "hold"
-    """State in the context after the first frame: hold (pure imagination) or real (the simulator's)."""
+    state: str = "model"
+    """State in the context after the first frame: model (imagined by the model), hold (the first real one
+    held) or real (the simulator's, a diagnostic)."""
     envs: tuple[str, ...] = ("robotok/PickCup-v0", "robotok/Drive-v0")
     """Env ids to measure."""
     out: str = "runs/bench/imagine"
@@ -45,8 +46,8 @@ class BenchConfig:
     """Torch device of the model."""
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.steps < 1 or self.state not in ("hold", "real"):
-            raise ValueError(f"seeds {self.seeds}, steps {self.steps} (>= 1), state {self.state!r} (hold|real)")
+        if self.seeds < 1 or self.steps < 1 or self.state not in ("model", "hold", "real"):
+            raise ValueError(f"seeds {self.seeds}, steps {self.steps} (>= 1), state {self.state!r} (model|hold|real)")
 
 
 def main() -> None:

@@ -63,9 +63,11 @@ class ImagineConfig:
     """Chunks to imagine; each advances n_action_steps env steps (the checkpoint's policy.json)."""
     out: str = "runs/imagine"
     """Folder for metrics.json, the mp4 videos and PNG stills."""
-    state: Literal["hold", "real"] = "hold"
-    """State in the context after the first frame: hold the real first state (pure imagination) or, as a
-    diagnostic, the simulator's state at each chunk boundary (the frames stay imagined)."""
+    state: Literal["model", "hold", "real"] = "model"
+    """State in the context after the first frame: model, the state the model imagines after each frame
+    (a checkpoint trained without next-state targets holds the first one); hold, the real first state held;
+    real, as a diagnostic, the simulator's state at each chunk boundary (the frames stay imagined). model
+    and hold are pure imagination."""
     temperature: float = 0.0
     """0: greedy decoding of actions and frames; > 0 samples (from a generator seeded per episode)."""
     videos: int = 1
@@ -171,12 +173,14 @@ def make_env(env_id: str, wm: Any) -> Any:
     return gym.make(env_id, width=int(w), height=int(h))
 
 
-def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", state: str = "hold") -> dict[str, Any]:
-    """Imagine ``steps`` chunks from seed's first frame while the sim plays the same actions.
+def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", state: str = "model") -> dict[str, Any]:
+    """Imagine ``steps`` chunks from seed's first frame while the sim plays the same actions (``state``: see
+    :class:`ImagineConfig`).
 
     Returns the episode record: frames (``real``, ``imagined`` (drawn on the first real frame, see
     :func:`on_reference`), ``decoded`` (the decoder's alone), ``tokenizer``: lists of {camera: uint8
-    [H, W, 3]}, index 0 the start), the per-step PSNRs (lists, index 0 = horizon step 1), the actions.
+    [H, W, 3]}, index 0 the start), ``states`` (the state the context holds at each of those steps), the
+    per-step PSNRs (lists, index 0 = horizon step 1), the actions.
     """
     import torch
 
@@ -190,13 +194,14 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
     rollout = wm.start(obs, prompt)
     vt, cams = wm.policy.video_tokenizer, rollout.cameras
     first = {c: np.asarray(obs["pixels"][c]) for c in cams}
+    first_state = np.asarray(obs["agent_pos"], dtype=np.float32)
 
     def through_tokenizer(pixels: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(zip(cams, vt.decode(vt.encode(np.stack([pixels[c] for c in cams]))), strict=True))
 
     real, recon = [first], [through_tokenizer(first)]
     decoded, imagined = [recon[0]], [first]
-    actions, ended, low, high = [], False, env.action_space.low, env.action_space.high
+    actions, states, ended, low, high = [], [first_state], False, env.action_space.low, env.action_space.high
     for _ in range(steps):
         chunk = rollout.step()
         executed = chunk.actions[: wm.n_action_steps]
@@ -212,6 +217,9 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
             break
         if state == "real":
             rollout.set_state(obs["agent_pos"])
+        elif state == "hold":
+            rollout.set_state(first_state)
+        states.append(rollout._latest(rollout.states, rollout.t).copy())
         real.append({c: np.asarray(obs["pixels"][c]) for c in cams})
         decoded.append(rollout.decode_frames(chunk.codes))
         imagined.append(on_reference(decoded[-1], first, recon[0]))
@@ -229,6 +237,7 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
         "decoded": decoded,
         "tokenizer": recon,
         "actions": actions,
+        "states": states,
         "psnr_model": [frames_psnr(i, r) for i, r in zip(imagined[1:], real[1:], strict=True)],
         "psnr_model_decoder": [frames_psnr(i, r) for i, r in zip(decoded[1:], real[1:], strict=True)],
         "psnr_copy_last": [frames_psnr(first, r) for r in real[1:]],
@@ -308,7 +317,8 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
                 held = [f for f in frames for _ in range(n_act)]  # every chunk shown for its real duration
                 ep["video"] = str(write_mp4(out / f"{env_name}_seed{seed}.mp4", held, fps=int(round(fps))))
                 ep["still"] = str(write_png(out / f"{env_name}_seed{seed}.png", filmstrip(ep, header, n_act, fps)))
-            episodes.append({k: v for k, v in ep.items() if k not in ("real", "imagined", "decoded", "tokenizer")})
+            drop = ("real", "imagined", "decoded", "tokenizer", "states")
+            episodes.append({k: v for k, v in ep.items() if k not in drop})
     finally:
         env.close()
     rows = summarize(episodes, cfg.steps, n_act, fps)

@@ -308,6 +308,19 @@ def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> N
     assert ep["psnr_tokenizer"][1] == pytest.approx(frames_psnr(ep["tokenizer"][2], ep["real"][2]))
 
 
+def test_the_context_state_is_imagined_held_or_real_as_asked(ckpt) -> None:
+    wm = WorldModel.from_checkpoint(ckpt)
+    real = imagine_episode(wm, EndsEarly(), seed=1, steps=2, state="real")
+    assert [s.tolist() for s in real["states"]] == [np.full(6, 0.1 * t, np.float32).tolist() for t in (0, 2, 4)]
+    held = imagine_episode(wm, EndsEarly(), seed=1, steps=2, state="hold")
+    assert all(np.array_equal(s, np.zeros(6)) for s in held["states"])
+    model = imagine_episode(wm, EndsEarly(), seed=1, steps=2, state="model")
+    space = wm.space
+    for s in model["states"][1:]:  # decoded from the state ids the model chose: bin centres, not the first
+        np.testing.assert_allclose(space.decode_state(space.encode_state(s, 0), 0), s, atol=1e-6)
+        assert not np.array_equal(s, np.zeros(6))
+
+
 def test_cli_writes_side_by_side_video_and_metrics(ckpt, tmp_path, monkeypatch, capsys) -> None:
     out = tmp_path / "out"
     args = [
