@@ -238,6 +238,7 @@ def test_psnr_of_known_pairs() -> None:
             "psnr_copy_last": [25.0, 22.0],
             "psnr_copy_last_tokens": [20.0, 19.0],
             "psnr_tokenizer": [35.0, 35.0],
+            "psnr_tokenizer_reference": [36.0, 34.0],
         },
         {
             "psnr_model": [26.0],
@@ -245,11 +246,12 @@ def test_psnr_of_known_pairs() -> None:
             "psnr_copy_last": [21.0],
             "psnr_copy_last_tokens": [18.0],
             "psnr_tokenizer": [33.0],
+            "psnr_tokenizer_reference": [38.0],
         },
     ]
     rows = summarize(eps, steps=3, n_action_steps=5, fps=20.0)
     assert [(r["episodes"], r["psnr/model"], r["psnr/copy_last"]) for r in rows] == [(2, 28.0, 23.0), (1, 20.0, 22.0)]
-    assert rows[0]["psnr/model_decoder"] == 26.0
+    assert rows[0]["psnr/model_decoder"] == 26.0 and rows[0]["psnr/tokenizer_reference"] == 37.0
     assert rows[0]["ratio"] == pytest.approx(28 / 23) and rows[1]["gain_db"] == pytest.approx(-2.0)
     assert rows[0]["t_s"] == 0.25 and beaten_until_s(rows) == 0.25 and rows[0]["psnr/copy_last_tokens"] == 19.0
 
@@ -306,6 +308,11 @@ def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> N
     assert ep["psnr_copy_last"][0] == pytest.approx(frames_psnr(ep["real"][0], ep["real"][1]))
     assert ep["psnr_copy_last_tokens"][1] == pytest.approx(frames_psnr(ep["tokenizer"][0], ep["real"][2]))
     assert ep["psnr_tokenizer"][1] == pytest.approx(frames_psnr(ep["tokenizer"][2], ep["real"][2]))
+    # the imagined frame and the ceiling it is compared with are both drawn on the first real frame
+    on_first = on_reference(ep["tokenizer"][2], ep["real"][0], ep["tokenizer"][0])
+    assert ep["psnr_tokenizer_reference"][1] == pytest.approx(frames_psnr(on_first, ep["real"][2]))
+    imagined = on_reference(ep["decoded"][2], ep["real"][0], ep["tokenizer"][0])
+    assert all(np.array_equal(imagined[c], ep["imagined"][2][c]) for c in CAMS)
 
 
 def test_the_context_state_is_imagined_held_or_real_as_asked(ckpt) -> None:
