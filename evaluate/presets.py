@@ -5,18 +5,18 @@ cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI ru
 expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else
-running): with 2,500 steps ``make demo`` took 47 min 43 s with set-up (record 49 s, video 308 s, pretokenize
-74 s, train 1,971 s at 0.79 s per step of 32 sequences of up to 214 tokens in bf16, eval 402 s). The Intel
-CPU with AMX on which the preset was first sized trained 1.85x faster (3,500 steps in 1,490 s, the whole
-demo 33 min 28 s); there 3,500 steps with the next-frame loss reached Drive 84%, here 2,500 fit the 45
-minutes and reach 57%. Training computes the output head only at the positions that carry a loss, which
-took 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its
-episodes are 2.7x shorter: both tasks then give about the same number of training sequences (with 200
-each, PickCup had 27% of them). The video tokenizer weights pixels away from the frame's dominant colour
-(``--object-weight``, on by default): without it the 1,000-step tokenizer of the first demo drew no cups
-at all. The policy trains with the next-frame (world-model) loss at weight 0.5: with the same data,
-tokenizers and steps, Drive success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84%
-[76, 90] with it.
+running): with 2,500 steps ``make demo`` took 54 min 40 s with set-up (record 58 s, video 306 s, pretokenize
+77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to 225 tokens in bf16, eval 412 s); the
+previous measured run, before the next state joined the world-model targets, trained at 0.79 s per step and
+took 47 min 43 s. The Intel CPU with AMX on which the preset was first sized trained about 2x faster (3,500
+steps in 1,490 s, the whole demo 33 min 28 s); there 3,500 steps with the next-frame loss reached Drive 84%,
+here 2,500 reach 70%. Training computes the output head only at the positions that carry a loss, which took
+3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its episodes are
+2.7x shorter: both tasks then give about the same number of training sequences (with 200 each, PickCup had
+27% of them). The video tokenizer weights pixels away from the frame's dominant colour (``--object-weight``,
+on by default): without it the 1,000-step tokenizer of the first demo drew no cups at all. The policy trains
+with the next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive
+success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it.
 """
 
 from __future__ import annotations
