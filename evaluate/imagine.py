@@ -13,8 +13,8 @@ In the same run the simulator, reset with the same seed, executes the same actio
   (:func:`on_reference`), so that what the model leaves unchanged keeps the real pixels and the score
   measures the change it predicts, not the video tokenizer's loss on the static scene
   (``model_decoder`` is the decoder's frame alone). Next to it, references measured on the same frames:
-  ``copy_last``, the last real frame the
-  model saw (the first one) repeated, a baseline any world model must beat; ``copy_last_tokens``, that
+  ``copy_last``, the last real frame the model saw (the first one) repeated, a baseline any world model
+  must beat; ``copy_last_tokens``, that
   frame through the video tokenizer repeated (the same "nothing moves" guess made of video ids, so it
   pays the tokenizer's loss like the model does); ``tokenizer``, the real frame through the video
   tokenizer, the ceiling no frame made of video ids can pass; and ``tokenizer_reference``, the real
@@ -222,7 +222,7 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
             rollout.set_state(obs["agent_pos"])
         elif state == "hold":
             rollout.set_state(first_state)
-        states.append(rollout._latest(rollout.states, rollout.t).copy())
+        states.append(rollout.current_state())
         real.append({c: np.asarray(obs["pixels"][c]) for c in cams})
         decoded.append(rollout.decode_frames(chunk.codes))
         imagined.append(on_reference(decoded[-1], first, recon[0]))

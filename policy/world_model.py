@@ -163,6 +163,10 @@ class Imagination:
         ]
         return self.wm.space.context(self.prompt, steps, self.embodiment)
 
+    def current_state(self) -> np.ndarray:
+        """The state the context holds at the current step (imagined, told with :meth:`set_state`, or held)."""
+        return self._latest(self.states, self.t).copy()
+
     def set_state(self, state: np.ndarray) -> None:
         """Tell the state at the current step (e.g. the simulator's); without it the last known one is held."""
         self.states[self.t] = np.asarray(state, dtype=np.float32)
