@@ -258,9 +258,13 @@ class TokenSpace:
         ids = np.concatenate([self.video_ids(c).ravel() for c in codes]).tolist() if codes else []
         return [FRAME_OPEN, *ids, FRAME_CLOSE]
 
+    def state_segment(self, state: np.ndarray, embodiment: int = 0) -> list[int]:
+        """``STATE_OPEN state-bins STATE_CLOSE``: an observed state, a goal or the state after a chunk."""
+        return [STATE_OPEN, *self.encode_state(state, embodiment), STATE_CLOSE]
+
     def step(self, codes: list[np.ndarray], state: np.ndarray, embodiment: int = 0) -> list[int]:
-        """One observed step: its frame, then ``STATE_OPEN state-bins STATE_CLOSE``."""
-        return [*self.frame(codes), STATE_OPEN, *self.encode_state(state, embodiment), STATE_CLOSE]
+        """One observed step: its frame, then its :meth:`state_segment`."""
+        return [*self.frame(codes), *self.state_segment(state, embodiment)]
 
     def context(self, prompt: str, steps: list[tuple[list[np.ndarray], np.ndarray]], embodiment: int = 0) -> list[int]:
         """Everything before the first action id: prompt prefix, the history steps (oldest first), ACT_OPEN.
@@ -294,7 +298,7 @@ class TokenSpace:
         goal_span = None
         if goal is not None:
             g0 = len(tokens)  # ACT_OPEN's place: STATE_OPEN is forced, the bins and STATE_CLOSE are targets
-            tokens[-1:] = [STATE_OPEN, *self.encode_state(goal, embodiment), STATE_CLOSE, ACT_OPEN]
+            tokens[-1:] = [*self.state_segment(goal, embodiment), ACT_OPEN]
             goal_span = (g0, len(tokens) - 1)
         a0 = len(tokens)
         tokens += [*self.action_ids(action_tokens, self.embodiments[embodiment].action_range), ACT_CLOSE]
@@ -306,7 +310,7 @@ class TokenSpace:
         state_span = None
         if next_state is not None:
             s0 = len(tokens) + 1  # STATE_OPEN is forced after FRAME_CLOSE here: context, not target
-            tokens += [STATE_OPEN, *self.encode_state(next_state, embodiment), STATE_CLOSE]
+            tokens += self.state_segment(next_state, embodiment)
             state_span = (s0, len(tokens))
         return Sequence(tokens, (a0, a0 + len(action_tokens) + 1), frame, goal_span, state_span)
 
