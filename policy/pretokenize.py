@@ -73,6 +73,9 @@ class PretokenizeConfig:
     """Emit one sequence every this many steps of an episode."""
     frame_loss: bool = False
     """Append the frame n_action_steps ahead and the state at that step as world-model targets (KIND_FRAME)."""
+    frame_keep: bool = False
+    """With --frame-loss: write that frame as a change to the current one, a KEEP id where a cell's code is
+    unchanged (see robotok.tokenizers.space); the world model then predicts which cells change."""
     goal: bool = False
     """Insert the episode's final state as a goal the model predicts before each action chunk (KIND_GOAL)."""
     state_bins: int = 256
@@ -91,6 +94,8 @@ class PretokenizeConfig:
                 f"state_bins {self.state_bins} (>= 2), max_episodes {self.max_episodes} (>= 0), "
                 f"cameras {self.cameras} (at least one)"
             )
+        if self.frame_keep and not self.frame_loss:
+            raise ValueError("--frame-keep writes the next frame as a change: it needs --frame-loss")
         if self.horizon and self.n_action_steps > self.horizon:
             raise ValueError(f"n_action_steps {self.n_action_steps} > horizon {self.horizon}")
 
@@ -209,6 +214,7 @@ def pretokenize(
         int(video_tokenizer.vocab_size),
         ranges,
         [Embodiment(e["name"], e["lo"], e["hi"], action_range=0 if shared else d) for d, e in enumerate(embs)],
+        video_keep=cfg.frame_keep,
     )
 
     # sizes through the grammar itself, with dummy codes: no second copy of the layout to drift
@@ -303,6 +309,7 @@ def pretokenize(
             "history_stride": cfg.history_stride,
             "frame_loss": cfg.frame_loss,
             "next_state": cfg.frame_loss,  # the state after the next frame is a target too
+            "frame_keep": cfg.frame_keep,
             "goal": cfg.goal,
             "seq_len": seq_len,
             "cameras": sorted({c for e in embs for c in e["cameras"]}, key=list(cfg.cameras).index),
@@ -337,6 +344,7 @@ def pretokenize(
             "history": cfg.history,
             "horizon": horizon,
             "frame_loss": cfg.frame_loss,
+            "frame_keep": cfg.frame_keep,
             "goal": cfg.goal,
             "datasets": [{"name": e["name"], "episodes": e["episodes"]} for e in embs],
             "num_episodes": len(eps),

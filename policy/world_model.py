@@ -10,7 +10,9 @@ A checkpoint trained on shards made with ``robotok-pretokenize --frame-loss`` an
 Imagining alternates the two: from one real observation, generate an action chunk, then the next frame's
 ids; that imagined frame becomes the newest context frame, and so on (as GR-1, Genie and GAIA-1 do at
 scale). Both halves are grammar-constrained: action positions admit only the embodiment's action ids (or
-ACT_CLOSE where allowed), frame positions only video ids, exactly ``cameras x tokens_per_frame`` of them.
+ACT_CLOSE where allowed), frame positions only video ids, exactly ``cameras x tokens_per_frame`` of them
+(and the KEEP id when the checkpoint's frames are written as a change to the current one: it resolves to
+the code the newest context frame has at that cell).
 
 Conventions:
 - A checkpoint whose shards carry the next state after the next frame (policy.json ``next_state``, what
@@ -82,7 +84,7 @@ class ImaginedChunk:
     actions: np.ndarray  # float32 [H, A]: the decoded chunk (the hold action where decoding failed)
     codes: list[np.ndarray]  # per camera int64 [h, w]: the imagined frame's video codes
     action_ids: list[int]  # token ids of the chunk, ACT_CLOSE excluded
-    video_ids: list[int]  # token ids of the frame, all cameras in order, FRAME_OPEN/CLOSE excluded
+    video_ids: list[int]  # token ids of the frame, all cameras in order, FRAME_OPEN/CLOSE excluded (KEEP ids kept)
     tokens: list[int]  # the whole sequence this step generated from: context + actions + ACT_CLOSE + frame
     decode_ok: bool  # False when the action tokenizer flagged the chunk and it was replaced by the hold
     state: np.ndarray | None = None  # float32 [S]: the imagined state after the chunk (None: not predicted)
@@ -99,6 +101,8 @@ class WorldModel:
         vocab = self.model.cfg.vocab_size
         video = np.zeros(vocab, dtype=bool)
         video[: self.space.vocab_size] = self.space.range_mask("video")
+        if self.space.keep_id is not None:  # frames predicted as a change: KEEP is a frame id too
+            video[self.space.keep_id] = True
         self.video_mask = torch.from_numpy(video).to(policy.device)
         state = np.zeros(vocab, dtype=bool)
         state[: self.space.vocab_size] = self.space.range_mask("state")
@@ -216,7 +220,7 @@ class Imagination:
             video_ids.append(tok)
             if k + 1 < n_video or wm.next_state:
                 logits = feed([tok])
-        assert all(space.is_video(i) for i in video_ids), "a non-video id at a frame position"
+        assert all(space.is_video(i) or i == space.keep_id for i in video_ids), "a non-video id at a frame position"
         tokens = [*context, *action_ids, ACT_CLOSE, FRAME_OPEN, *video_ids]
         state = None
         if wm.next_state:  # the state after the frame: state ids only, one per dimension
@@ -231,7 +235,7 @@ class Imagination:
             state = space.decode_state(state_ids, self.embodiment)
 
         actions, ok = self._decode_actions(action_ids)
-        codes = space.video_codes(np.asarray(video_ids)).reshape(len(self.cameras), *self.wm.grid)
+        codes = space.resolve_frame(video_ids, self._latest(self.frames, self.t))  # KEEP: the current frame's code
         self.t += wm.n_action_steps
         self.frames[self.t] = list(codes)
         if state is not None:

@@ -60,10 +60,8 @@ def write_dataset(root: Path, episodes: int = 4) -> Path:
     return root / "pick"
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory) -> Path:
+def make_ckpt(root: Path, frame_keep: bool = False) -> Path:
     """A micro checkpoint trained for a few steps on --frame-loss shards, through the real code paths."""
-    root = tmp_path_factory.mktemp("imagine")
     ds = LeRobotDataset(write_dataset(root))
     chunks = np.stack(
         [
@@ -81,6 +79,7 @@ def ckpt(tmp_path_factory) -> Path:
         n_action_steps=N_ACT,
         history=2,
         frame_loss=True,
+        frame_keep=frame_keep,
         state_bins=32,
     )
     shards = pretokenize([("pick", ds)], [BinningTokenizer(bins=16).fit(chunks)], vt, cfg, progress=False)
@@ -100,6 +99,11 @@ def ckpt(tmp_path_factory) -> Path:
         )
     )
     return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    return make_ckpt(tmp_path_factory.mktemp("imagine"))
 
 
 def first_obs(seed: int = 0) -> dict:
@@ -159,6 +163,31 @@ def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt)
     new = np.full(6, 0.3, np.float32)
     rollout.set_state(new)
     assert rollout.context()[-8:-2] == space.encode_state(new, 0)
+
+
+def test_frames_predicted_as_a_change_resolve_keep_to_the_current_frame(tmp_path) -> None:
+    """A --frame-keep checkpoint may emit KEEP at frame positions; it becomes the code the newest context
+    frame has at that cell, and the resolved frame is what the next chunk's context shows."""
+    wm = WorldModel.from_checkpoint(make_ckpt(tmp_path, frame_keep=True))
+    space = wm.space
+    assert space.keep_id is not None and bool(wm.video_mask[space.keep_id])
+    rollout = wm.start(first_obs(1), PROMPTS[1])
+    current, n_keep = np.stack(rollout.frames[0]), 0
+    for _ in range(3):
+        chunk = rollout.step()
+        ids = np.asarray(chunk.video_ids).reshape(current.shape)
+        keep = ids == space.keep_id
+        n_keep += int(keep.sum())
+        assert all(space.is_video(i) or i == space.keep_id for i in chunk.video_ids)
+        np.testing.assert_array_equal(np.stack(chunk.codes)[keep], current[keep])
+        np.testing.assert_array_equal(np.stack(chunk.codes)[~keep], ids[~keep] - space.video_start)
+        # the next context shows the resolved frame as whole video ids (observed frames carry no KEEP)
+        assert space.keep_id not in rollout.context()
+        ctx = rollout.context()
+        f = len(ctx) - 1 - ctx[::-1].index(FRAME_OPEN)
+        assert ctx[f + 1 : f + 1 + ids.size] == space.video_ids(np.stack(chunk.codes)).ravel().tolist()
+        current = np.stack(chunk.codes)
+    assert n_keep > 0  # the shards' frames barely change, so the model learned KEEP: the test sees it resolved
 
 
 def test_a_checkpoint_without_next_state_targets_holds_the_real_state(ckpt) -> None:

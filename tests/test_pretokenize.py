@@ -210,6 +210,42 @@ def test_stride_keeps_exactly_the_rows_of_every_stride_th_step(world, tmp_path) 
         np.testing.assert_array_equal(strided.kinds[r][:n], full.kinds[rows[e]][:n])
 
 
+def test_frame_keep_writes_the_next_frame_as_a_change_to_the_current_one(world, tmp_path) -> None:
+    """--frame-keep: every row's next frame resolves, against the row's current frame, to the recorded codes;
+    the KEEP id stands exactly where a cell is unchanged, and everything else equals the plain rows."""
+    from dataclasses import replace
+
+    class BlockMeans(VideoTokenizer):  # codes that follow the sliding pattern (the fixture's net gives one code)
+        def encode(self, frames: np.ndarray) -> np.ndarray:
+            blocks = frames[..., 0].reshape(len(frames), H // 8, 8, W // 8, 8).mean(axis=(2, 4))
+            return (blocks // 64).astype(np.int64) * 3 + 1
+
+    vt = BlockMeans(cfg=world["vt"].cfg, model=world["vt"].model)
+    datasets = list(zip(("pick", "drive"), world["datasets"], strict=True))
+    cfg = replace(world["cfg"], out=str(tmp_path / "keep"), frame_keep=True)
+    out = pretokenize(datasets, world["toks"], vt, cfg, progress=False)
+    base = pretokenize(
+        datasets, world["toks"], vt, replace(cfg, out=str(tmp_path / "plain"), frame_keep=False), progress=False
+    )
+    kept, full = TokenShards(out), TokenShards(base)
+    space, plain = TokenSpace.load(out / "token_space.json"), TokenSpace.load(base / "token_space.json")
+    assert space.keep_id is not None and json.loads((out / "policy.json").read_text())["frame_keep"]
+    n_keep = n_cells = 0
+    for r in range(len(kept)):
+        p, q = space.parse(kept.tokens[r]), plain.parse(full.tokens[r])
+        current = np.asarray(q["steps"][-1][0]) - plain.video_start
+        want = np.asarray(q["next_frame"]) - plain.video_start
+        ids = np.asarray(p["next_frame"])
+        np.testing.assert_array_equal(ids == space.keep_id, want == current)
+        np.testing.assert_array_equal(space.resolve_frame(ids, [current]).ravel(), want)
+        np.testing.assert_array_equal(kept.kinds[r], full.kinds[r])
+        assert p["prompt"] == q["prompt"] and p["next_state"] == q["next_state"]
+        n_keep, n_cells = n_keep + int((ids == space.keep_id).sum()), n_cells + ids.size
+    assert 0 < n_keep < n_cells  # the data has both kinds of cell: the test can see a mix-up
+    with pytest.raises(ValueError, match="needs --frame-loss"):
+        replace(world["cfg"], frame_loss=False, frame_keep=True)
+
+
 def test_inference_builds_the_same_context_as_the_shards(world, tmp_path) -> None:
     """Replaying an episode through Policy gives, at every step, the context of that step's shard row."""
     from robotok.policy.inference import Policy

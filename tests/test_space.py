@@ -21,7 +21,7 @@ from robotok.tokenizers.space import (
 )
 
 
-def make_space() -> TokenSpace:
+def make_space(video_keep: bool = False) -> TokenSpace:
     return TokenSpace(
         state_bins=64,
         video_vocab=1000,
@@ -30,6 +30,7 @@ def make_space() -> TokenSpace:
             Embodiment("pick", [-1.0, 0.0, 2.0], [1.0, 0.5, 2.0], action_range=0),
             Embodiment("drive", [-3.0, -3.0], [3.0, 3.0], action_range=1),
         ],
+        video_keep=video_keep,
     )
 
 
@@ -170,6 +171,38 @@ def test_the_next_state_follows_the_next_frame_as_a_step() -> None:
     assert parsed["next_state"] == space.encode_state(x, 1) and space.parse(plain.tokens)["next_state"] is None
     with pytest.raises(ValueError, match="give next_frame"):
         space.sequence("drive left", steps, acts, embodiment=1, next_state=x)
+
+
+def test_a_kept_frame_writes_unchanged_cells_as_keep_and_resolves_back(tmp_path) -> None:
+    plain, space = make_space(), make_space(video_keep=True)
+    # one id after the video range; the action ranges move up by one, the rest stays where it was
+    assert space.ranges()["keep"] == (plain.ranges()["video"][1], plain.ranges()["video"][1] + 1)
+    assert [r.start for r in space.action_ranges] == [r.start + 1 for r in plain.action_ranges]
+    assert "keep" not in plain.ranges() and plain.keep_id is None
+    rng = np.random.default_rng(4)
+    cur = [rng.integers(0, 1000, (4, 4)), rng.integers(0, 1000, (4, 4))]
+    nxt = [c.copy() for c in cur]
+    nxt[0][1, 2], nxt[1][3, 0] = (cur[0][1, 2] + 1) % 1000, (cur[1][3, 0] + 7) % 1000
+    steps = [(cur, rng.uniform(-3, 3, 2))]
+    acts = rng.integers(0, 300, 7).tolist()
+    seq = space.sequence("drive left", steps, acts, embodiment=1, next_frame=nxt, next_state=rng.uniform(-3, 3, 2))
+    f0, f1 = seq.frame
+    ids = np.asarray(seq.tokens[f0 : f1 - 1])
+    changed = np.flatnonzero(ids != space.keep_id)
+    assert changed.tolist() == [1 * 4 + 2, 16 + 3 * 4 + 0]  # the two changed cells, row-major, camera after camera
+    np.testing.assert_array_equal(space.video_codes(ids[changed]), [nxt[0][1, 2], nxt[1][3, 0]])
+    np.testing.assert_array_equal(space.resolve_frame(ids, cur), np.stack(nxt))
+    assert space.parse(seq.tokens)["next_frame"] == ids.tolist()
+    # observed frames stay whole codes: the context is the plain space's, shifted only in its action ids
+    assert space.context("drive left", steps, 1) == plain.context("drive left", steps, 1)
+    # the layout survives the file; a file written before video_keep existed loads without it
+    back = TokenSpace.load(space.save(tmp_path))
+    assert back.keep_id == space.keep_id and back.ranges() == space.ranges()
+    old = json.loads(plain.to_json())
+    del old["video_keep"]
+    assert TokenSpace.from_json(json.dumps(old)).keep_id is None
+    with pytest.raises(ValueError, match="video_keep"):
+        plain.frame(nxt, cur)
 
 
 def test_goal_sits_before_the_actions_as_a_target() -> None:

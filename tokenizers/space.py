@@ -13,6 +13,7 @@ text       256 ids, one per UTF-8 byte: prompts need no external text tokenizer
 state      ``state_bins`` ids shared by all state dimensions; dimension ``d`` of embodiment ``e`` is
            normalised with that embodiment's q01/q99 (``state_lo``/``state_hi``) and binned uniformly
 video      the video tokenizer's codebook (``video_vocab`` ids)
+keep       one id, only when ``video_keep``: "this cell's code is the current frame's" (see below)
 action     one range per action tokenizer (``action_ranges``), e.g. one per embodiment
 =========  ===================================================================================
 
@@ -33,6 +34,13 @@ plus ``ACT_CLOSE`` (the policy loss) and the video ids plus ``FRAME_CLOSE`` of t
 the state bins plus ``STATE_CLOSE`` after it (the world-model loss: a rollout with no simulator predicts
 the next step whole, so the state it reads next agrees with the frame); everything else is context. Video ids
 of a frame are the tokenizer's [h, w] code grid in row-major order, one camera after the other.
+
+With ``video_keep`` (``robotok-pretokenize --frame-keep``) the trailing frame is written as a change to the
+current one, as a video codec's predicted frame skips unchanged blocks: a cell whose code equals the
+current (newest observed) frame's code at that cell is the KEEP id, the others their video id. Observed
+frames are always whole codes. Most cells of a frame a fraction of a second later are unchanged, so the
+model learns which cells change instead of copying 1 of ``video_vocab`` codes from a frame ago;
+:meth:`TokenSpace.resolve_frame` turns a predicted frame back into codes.
 
 Constrained decoding (:meth:`TokenSpace.allowed_after`): at an action position only the ids of the
 embodiment's action range, or ``ACT_CLOSE`` where the grammar allows it, may be sampled. A fixed-length
@@ -127,6 +135,8 @@ class TokenSpace:
     video_vocab: int
     action_ranges: list[ActionRange]
     embodiments: list[Embodiment] = field(default_factory=list)
+    video_keep: bool = False
+    """One KEEP id after the video range: the trailing frame is written as a change to the current one."""
 
     def __post_init__(self) -> None:
         if self.state_bins < 2 or self.video_vocab < 1 or not self.action_ranges:
@@ -138,6 +148,8 @@ class TokenSpace:
         self.state_start = self.text_start + TEXT_SIZE
         self.video_start = self.state_start + self.state_bins
         start = self.video_start + self.video_vocab
+        self.keep_id: int | None = start if self.video_keep else None
+        start += int(self.video_keep)
         for r in self.action_ranges:
             r.start, start = start, start + r.size
         self.num_used = start
@@ -155,6 +167,8 @@ class TokenSpace:
             "state": (self.state_start, self.video_start),
             "video": (self.video_start, self.video_start + self.video_vocab),
         }
+        if self.keep_id is not None:
+            out["keep"] = (self.keep_id, self.keep_id + 1)
         for r in self.action_ranges:
             out[f"action/{r.name}"] = (r.start, r.start + r.size)
         return out
@@ -253,10 +267,30 @@ class TokenSpace:
         return [int(i) - r.start for i in ids if r.start <= int(i) < r.start + r.size]
 
     # ---- the grammar ------------------------------------------------------------------------------
-    def frame(self, codes: list[np.ndarray]) -> list[int]:
-        """``FRAME_OPEN video(cam1) video(cam2) ... FRAME_CLOSE`` from one [h, w] code grid per camera."""
-        ids = np.concatenate([self.video_ids(c).ravel() for c in codes]).tolist() if codes else []
-        return [FRAME_OPEN, *ids, FRAME_CLOSE]
+    def frame(self, codes: list[np.ndarray], current: list[np.ndarray] | None = None) -> list[int]:
+        """``FRAME_OPEN video(cam1) video(cam2) ... FRAME_CLOSE`` from one [h, w] code grid per camera.
+
+        ``current`` (the space must have ``video_keep``): the frame these codes follow; a cell with the same
+        code there is written as the KEEP id."""
+        ids = np.concatenate([self.video_ids(c).ravel() for c in codes]) if codes else np.zeros(0, np.int64)
+        if current is not None:
+            if self.keep_id is None:
+                raise ValueError("a frame written as a change needs a token space with video_keep")
+            same = np.concatenate(
+                [np.asarray(c).ravel() == np.asarray(p).ravel() for c, p in zip(codes, current, strict=True)]
+            )
+            ids = np.where(same, self.keep_id, ids)
+        return [FRAME_OPEN, *ids.tolist(), FRAME_CLOSE]
+
+    def resolve_frame(self, ids: list[int] | np.ndarray, current: list[np.ndarray]) -> np.ndarray:
+        """Predicted frame ids (video ids, and KEEP where the space has it) -> codes [cams, h, w]: KEEP takes
+        the code of ``current`` (one [h, w] grid per camera) at that cell; other non-video ids map to code 0."""
+        prev = np.stack([np.asarray(c, dtype=np.int64) for c in current])
+        ids = np.asarray(ids, dtype=np.int64)
+        if ids.size != prev.size:
+            raise ValueError(f"{ids.size} frame ids for {len(current)} camera(s) of {prev.shape[1:]} codes")
+        codes = self.video_codes(ids).reshape(prev.shape)
+        return codes if self.keep_id is None else np.where(ids.reshape(prev.shape) == self.keep_id, prev, codes)
 
     def state_segment(self, state: np.ndarray, embodiment: int = 0) -> list[int]:
         """``STATE_OPEN state-bins STATE_CLOSE``: an observed state, a goal or the state after a chunk."""
@@ -289,6 +323,7 @@ class TokenSpace:
     ) -> Sequence:
         """A whole training sample: :meth:`context`, the action ids, ACT_CLOSE, optionally the next frame
         (and after it ``next_state``, float [S]: the step that follows the chunk, as :meth:`step` writes it).
+        With ``video_keep`` the next frame is written as a change to the newest observed step's frame.
 
         ``goal`` (float [S], a state): ``STATE_OPEN goal-bins STATE_CLOSE`` goes between the observed steps
         and ACT_OPEN, as a target the model predicts before it acts (the state the episode ends in)."""
@@ -305,7 +340,7 @@ class TokenSpace:
         frame = None
         if next_frame is not None:
             f0 = len(tokens) + 1  # FRAME_OPEN is forced by the grammar: context, not target
-            tokens += self.frame(next_frame)
+            tokens += self.frame(next_frame, steps[-1][0] if self.video_keep and steps else None)
             frame = (f0, len(tokens))
         state_span = None
         if next_state is not None:
@@ -372,6 +407,7 @@ class TokenSpace:
                 "video_vocab": self.video_vocab,
                 "action_ranges": [asdict(r) for r in self.action_ranges],
                 "embodiments": [asdict(e) for e in self.embodiments],
+                "video_keep": self.video_keep,
                 "ranges": self.ranges(),
             },
             indent=2,
@@ -390,6 +426,7 @@ class TokenSpace:
             video_vocab=d["video_vocab"],
             action_ranges=[ActionRange(**{k: v for k, v in r.items() if k != "start"}) for r in d["action_ranges"]],
             embodiments=[Embodiment(**e) for e in d["embodiments"]],
+            video_keep=bool(d.get("video_keep", False)),  # absent in token spaces written before it
         )
         saved = [r["start"] for r in d["action_ranges"]]
         if space.vocab_size != d["vocab_size"] or [r.start for r in space.action_ranges] != saved:
