@@ -35,6 +35,8 @@ class BenchConfig:
     """Chunks imagined per episode."""
     seed: int = 100_000
     """First seed (demonstrations are recorded from seed 0)."""
+    start_step: int = 0
+    """Env steps the policy plays in the simulator before imagining starts (0: from the reset frame)."""
     state: str = "model"
     """State in the context after the first frame: model (imagined by the model), hold (the first real one
     held) or real (the simulator's, a diagnostic)."""
@@ -63,7 +65,7 @@ def main() -> None:
     sections, results = (
         [
             f"# Imagined vs simulated frames: `{Path(cfg.policy).name}`, {cfg.seeds} seeds, "
-            f"{cfg.steps} chunks, state {cfg.state}\n"
+            f"{cfg.steps} chunks, state {cfg.state}, from env step {cfg.start_step}\n"
         ],
         {},
     )
@@ -78,6 +80,7 @@ def main() -> None:
             steps=cfg.steps,
             out=str(out / name),
             state=cfg.state,
+            start_step=cfg.start_step,
             videos=1,
             device=cfg.device,
         )
@@ -93,7 +96,8 @@ def main() -> None:
             f"chunk = {m['n_action_steps']} steps at {m['fps']:g} Hz; the model beats copy-last at every step up to "
             f"{s['imagine/beats_copy_last_until_s']:.2f} s; mean PSNR model {s['imagine/psnr_model']:.2f} dB, "
             f"copy-last {s['imagine/psnr_copy_last']:.2f} dB, tokenizer ceiling {s['imagine/psnr_tokenizer']:.2f} dB; "
-            f"decode failures {s['imagine/decode_failures']}; {time.perf_counter() - t0:.0f} s\n"
+            f"decode failures {s['imagine/decode_failures']}; {s['imagine/skipped']} seed(s) skipped (ended before "
+            f"the start step); {time.perf_counter() - t0:.0f} s\n"
         )
         results[env_id] = {
             "horizon": m["horizon"],

@@ -24,6 +24,10 @@ In the same run the simulator, reset with the same seed, executes the same actio
 - ``<Env>_seed<S>.mp4`` (first ``--videos`` seeds): imagined | real at every chunk boundary, shown in
   real time, with the prompt, the horizon and both PSNRs drawn on; ``.png``: a filmstrip still.
 
+With ``--start-step N`` the policy first drives the simulator for N env steps on real frames (closed
+loop, as ``robotok-eval`` runs it) and imagining starts from the frame reached: a scene in motion rather
+than the reset frame, where e.g. the car of Drive stands still.
+
 A rollout ends early when the simulated episode ends (success or failure) before a chunk is done: both
 sequences then stop there, and each horizon step is averaged over the seeds that reached it.
 """
@@ -63,6 +67,9 @@ class ImagineConfig:
     """Prompt given to the model (empty: the env's own prompt for the scene)."""
     steps: int = 10
     """Chunks to imagine; each advances n_action_steps env steps (the checkpoint's policy.json)."""
+    start_step: int = 0
+    """Env steps the policy first plays in the simulator, closed loop on real frames; imagining starts
+    from the frame it reaches (0: from the reset frame). A seed whose episode ends before is skipped."""
     out: str = "runs/imagine"
     """Folder for metrics.json, the mp4 videos and PNG stills."""
     state: Literal["model", "hold", "real"] = "model"
@@ -80,8 +87,11 @@ class ImagineConfig:
     """Torch device of the model ('cpu', 'cuda')."""
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.steps < 1 or self.seed < 0:
-            raise ValueError(f"seeds {self.seeds} and steps {self.steps} must be >= 1, seed {self.seed} >= 0")
+        if self.seeds < 1 or self.steps < 1 or self.seed < 0 or self.start_step < 0:
+            raise ValueError(
+                f"seeds {self.seeds} and steps {self.steps} must be >= 1, seed {self.seed} and start_step "
+                f"{self.start_step} >= 0"
+            )
         if self.videos < 0 or self.temperature < 0 or self.size < 16:
             raise ValueError(
                 f"videos {self.videos} and temperature {self.temperature} must be >= 0, size {self.size} >= 16"
@@ -176,9 +186,11 @@ def make_env(env_id: str, wm: Any) -> Any:
     return gym.make(env_id, width=int(w), height=int(h))
 
 
-def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", state: str = "model") -> dict[str, Any]:
-    """Imagine ``steps`` chunks from seed's first frame while the sim plays the same actions (``state``: see
-    :class:`ImagineConfig`).
+def imagine_episode(
+    wm: Any, env: Any, seed: int, steps: int, prompt: str = "", state: str = "model", start_step: int = 0
+) -> dict[str, Any]:
+    """Imagine ``steps`` chunks from seed's first frame while the sim plays the same actions (``state``,
+    ``start_step``: see :class:`ImagineConfig`; after a lead-in the "first" frame is the one it reached).
 
     Returns the episode record: frames (``real``, ``imagined`` (drawn on the first real frame, see
     :func:`on_reference`), ``decoded`` (the decoder's alone), ``tokenizer``: lists of {camera: uint8
@@ -193,6 +205,14 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
         wm.policy.generator.manual_seed(seed)
     else:
         torch.manual_seed(seed)
+    low, high = env.action_space.low, env.action_space.high
+    if start_step:  # the lead-in: the policy acts on real frames; the imagined rollout starts where it ends
+        wm.policy.reset()
+        for _ in range(start_step):
+            action = wm.policy.select_action({**obs, "task": prompt})
+            obs, _, terminated, truncated, _ = env.step(np.clip(action, low, high).astype(np.float32))
+            if terminated or truncated:
+                return {"seed": seed, "prompt": prompt, "skipped": f"the episode ended within {start_step} steps"}
     fail0 = wm.policy.decode_failures
     rollout = wm.start(obs, prompt)
     vt, cams = wm.policy.video_tokenizer, rollout.cameras
@@ -204,7 +224,7 @@ def imagine_episode(wm: Any, env: Any, seed: int, steps: int, prompt: str = "", 
 
     real, recon = [first], [through_tokenizer(first)]
     decoded, imagined = [recon[0]], [first]
-    actions, states, ended, low, high = [], [first_state], False, env.action_space.low, env.action_space.high
+    actions, states, ended = [], [first_state], False
     for _ in range(steps):
         chunk = rollout.step()
         executed = chunk.actions[: wm.n_action_steps]
@@ -311,14 +331,18 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
     n_act, env_name, label = wm.n_action_steps, cfg.env.split("/")[-1], policy_label(cfg.policy)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    episodes = []
+    episodes, skipped = [], []
     try:
         for i in tqdm(range(cfg.seeds), desc=f"{PROG} {env_name}", unit="ep", disable=not progress):
             seed = cfg.seed + i
-            ep = imagine_episode(wm, env, seed, cfg.steps, cfg.prompt, cfg.state)
+            ep = imagine_episode(wm, env, seed, cfg.steps, cfg.prompt, cfg.state, cfg.start_step)
+            if "skipped" in ep:
+                skipped.append(ep)
+                continue
             ep["video"] = ep["still"] = None
-            if i < cfg.videos:
-                header = f"{label} · {env_name} · seed {seed} · state {cfg.state}"
+            if len(episodes) < cfg.videos:
+                lead = f" · from step {cfg.start_step}" if cfg.start_step else ""
+                header = f"{label} · {env_name} · seed {seed} · state {cfg.state}{lead}"
                 frames = [side_by_side(ep, k, cfg.size, header, n_act, fps) for k in range(ep["steps_done"] + 1)]
                 held = [f for f in frames for _ in range(n_act)]  # every chunk shown for its real duration
                 ep["video"] = str(write_mp4(out / f"{env_name}_seed{seed}.mp4", held, fps=int(round(fps))))
@@ -337,6 +361,7 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
         "horizon": rows,
         "summary": {
             "imagine/episodes": len(episodes),
+            "imagine/skipped": len(skipped),
             "imagine/psnr_model": float(np.mean([r["psnr/model"] for r in rows])) if rows else None,
             "imagine/psnr_model_decoder": float(np.mean([r["psnr/model_decoder"] for r in rows])) if rows else None,
             "imagine/psnr_copy_last": float(np.mean([r["psnr/copy_last"] for r in rows])) if rows else None,
@@ -351,6 +376,7 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
             "imagine/decode_failures": int(sum(e["decode_failures"] for e in episodes)),
         },
         "episodes": [{**e, "actions": [np.asarray(a).tolist() for a in e["actions"]]} for e in episodes],
+        "skipped": skipped,
     }
     _write_json(out / "metrics.json", metrics)
     return metrics

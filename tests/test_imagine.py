@@ -311,7 +311,7 @@ class EndsEarly(gym.Env):
 
     def __init__(self):
         self.action_space = gym.spaces.Box(-1, 1, (5,), np.float32)
-        self.t = 0
+        self.t, self.received = 0, []
 
     def _obs(self):
         return {**first_obs(self.t), "agent_pos": np.full(6, 0.1 * self.t, np.float32)}
@@ -322,6 +322,7 @@ class EndsEarly(gym.Env):
 
     def step(self, action):
         self.t += 1
+        self.received.append(np.asarray(action))
         return self._obs(), 0.0, self.t >= 5, False, {}
 
 
@@ -342,6 +343,23 @@ def test_real_and_imagined_sequences_stay_equal_when_the_episode_ends(ckpt) -> N
     assert ep["psnr_tokenizer_reference"][1] == pytest.approx(frames_psnr(on_first, ep["real"][2]))
     imagined = on_reference(ep["decoded"][2], ep["real"][0], ep["tokenizer"][0])
     assert all(np.array_equal(imagined[c], ep["imagined"][2][c]) for c in CAMS)
+
+
+def test_a_lead_in_plays_the_policy_on_real_frames_before_imagining(ckpt) -> None:
+    wm, env = WorldModel.from_checkpoint(ckpt), EndsEarly()
+    ep = imagine_episode(wm, env, seed=1, steps=6, start_step=2)
+    # the policy acted closed loop for 2 steps; the rollout starts from the frame and state reached there
+    policy = Policy.from_checkpoint(ckpt)
+    want = [policy.select_action({**EndsEarly()._obs(), "task": PROMPTS[1]})]
+    stub = EndsEarly()
+    stub.t = 1
+    want.append(policy.select_action({**stub._obs(), "task": PROMPTS[1]}))
+    np.testing.assert_allclose(np.stack(env.received[:2]), np.clip(np.stack(want), -1, 1), atol=1e-6)
+    np.testing.assert_array_equal(ep["real"][0]["front"], first_obs(2)["pixels"]["front"])
+    np.testing.assert_array_equal(ep["states"][0], np.full(6, 0.2, np.float32))
+    assert ep["steps_done"] == 1  # one chunk (steps 2 -> 4); the episode ends at step 5, mid-chunk
+    assert ep["psnr_copy_last"][0] == pytest.approx(frames_psnr(ep["real"][0], ep["real"][1]))
+    assert "skipped" in imagine_episode(wm, EndsEarly(), seed=1, steps=6, start_step=5)
 
 
 def test_the_context_state_is_imagined_held_or_real_as_asked(ckpt) -> None:
