@@ -143,6 +143,7 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
             key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached]))
             for key in ("model", "model_decoder", "copy_last", "copy_last_tokens", "tokenizer", "tokenizer_reference")
         }
+        lo, hi = gain_interval([e["psnr_model"][k - 1] - e["psnr_copy_last"][k - 1] for e in reached])
         rows.append(
             {
                 "step": k,
@@ -156,16 +157,28 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
                 "psnr/tokenizer_reference": mean["tokenizer_reference"],
                 "ratio": mean["model"] / mean["copy_last"],
                 "gain_db": mean["model"] - mean["copy_last"],
+                "gain_db_ci95": [lo, hi],
             }
         )
     return rows
 
 
+def gain_interval(gains: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval (percentile) of the mean of per-seed gains; one seed gives (gain, gain).
+    Seeded, so a table is reproducible."""
+    g = np.asarray(gains, dtype=np.float64)
+    if len(g) < 2:
+        return float(g.mean()), float(g.mean())
+    means = g[np.random.default_rng(seed).integers(0, len(g), (resamples, len(g)))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
 def beaten_until_s(rows: list[dict[str, Any]]) -> float:
-    """The longest horizon (s) up to which the model beats copy_last at every step (0.0: not at the first)."""
+    """The longest horizon (s) up to which the model beats copy_last at every step (0.0: not at the first):
+    a step counts when the 95% interval of its gain over the seeds lies above 0, not only its mean."""
     t = 0.0
     for r in rows:
-        if r["gain_db"] <= 0:
+        if r["gain_db"] <= 0 or r.get("gain_db_ci95", [r["gain_db"]])[0] <= 0:
             break
         t = r["t_s"]
     return t
@@ -393,13 +406,14 @@ def horizon_table(rows: list[dict[str, Any]]) -> str:
     """Markdown: one line per horizon step with the PSNRs of the model (drawn on the last real frame, and
     the decoder's frame alone) and the references (mean dB)."""
     lines = [
-        "| step | t (s) | seeds | model (dB) | copy-last (dB) | ratio | gain (dB) | model, decoder only (dB) "
-        "| copy-last tokenized (dB) | tokenizer ceiling (dB) | tokenizer ceiling on reference (dB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| step | t (s) | seeds | model (dB) | copy-last (dB) | ratio | gain (dB) | gain 95% CI "
+        "| model, decoder only (dB) | copy-last tokenized (dB) | tokenizer ceiling (dB) | tokenizer ceiling on reference (dB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
         f"| {r['step']} | {r['t_s']:.2f} | {r['episodes']} | {r['psnr/model']:.2f} | {r['psnr/copy_last']:.2f} "
-        f"| {r['ratio']:.3f} | {r['gain_db']:+.2f} | {r['psnr/model_decoder']:.2f} | {r['psnr/copy_last_tokens']:.2f} "
+        f"| {r['ratio']:.3f} | {r['gain_db']:+.2f} | [{r['gain_db_ci95'][0]:+.2f}, {r['gain_db_ci95'][1]:+.2f}] "
+        f"| {r['psnr/model_decoder']:.2f} | {r['psnr/copy_last_tokens']:.2f} "
         f"| {r['psnr/tokenizer']:.2f} | {r['psnr/tokenizer_reference']:.2f} |"
         for r in rows
     ]

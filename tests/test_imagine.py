@@ -19,6 +19,7 @@ from robotok.evaluate.imagine import (
     PSNR_MAX,
     beaten_until_s,
     frames_psnr,
+    gain_interval,
     imagine_episode,
     main,
     on_reference,
@@ -283,6 +284,16 @@ def test_psnr_of_known_pairs() -> None:
     assert rows[0]["psnr/model_decoder"] == 26.0 and rows[0]["psnr/tokenizer_reference"] == 37.0
     assert rows[0]["ratio"] == pytest.approx(28 / 23) and rows[1]["gain_db"] == pytest.approx(-2.0)
     assert rows[0]["t_s"] == 0.25 and beaten_until_s(rows) == 0.25 and rows[0]["psnr/copy_last_tokens"] == 19.0
+    # per-seed gains 5 and 5 at step 1: the interval is [5, 5]; one seed at step 2: its own gain
+    assert rows[0]["gain_db_ci95"] == pytest.approx([5.0, 5.0]) and rows[1]["gain_db_ci95"] == pytest.approx(
+        [-2.0, -2.0]
+    )
+    # a mean above zero whose interval is not (one seed far ahead, the others behind) is not a win
+    gains = [3.0, -0.5, -0.4, -0.6, -0.5, -0.45]
+    lo, hi = gain_interval(gains)
+    assert lo < 0 < np.mean(gains) < hi and gain_interval(gains) == (lo, hi)
+    noisy = [{**eps[1], "psnr_model": [21.0 + g], "psnr_copy_last": [21.0]} for g in gains]
+    assert summarize(noisy, 1, 5, 20.0)[0]["gain_db"] > 0 and beaten_until_s(summarize(noisy, 1, 5, 20.0)) == 0.0
 
 
 def test_an_imagined_frame_is_drawn_as_a_change_to_the_real_one() -> None:
