@@ -407,7 +407,8 @@ def horizon_table(rows: list[dict[str, Any]]) -> str:
     the decoder's frame alone) and the references (mean dB)."""
     lines = [
         "| step | t (s) | seeds | model (dB) | copy-last (dB) | ratio | gain (dB) | gain 95% CI "
-        "| model, decoder only (dB) | copy-last tokenized (dB) | tokenizer ceiling (dB) | tokenizer ceiling on reference (dB) |",
+        "| model, decoder only (dB) | copy-last tokenized (dB) | tokenizer ceiling (dB) "
+        "| tokenizer ceiling on reference (dB) |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [
