@@ -38,7 +38,7 @@ of a frame are the tokenizer's [h, w] code grid in row-major order, one camera a
 With ``video_keep`` (``robotok-pretokenize --frame-keep``) the trailing frame is written as a change to the
 current one, as a video codec's predicted frame skips unchanged blocks: a cell whose code equals the
 current (newest observed) frame's code at that cell is the KEEP id, the others their video id. Observed
-frames are always whole codes. Most cells of a frame a fraction of a second later are unchanged, so the
+frames are always whole codes. Many cells of a frame a fraction of a second later are unchanged, so the
 model learns which cells change instead of copying 1 of ``video_vocab`` codes from a frame ago;
 :meth:`TokenSpace.resolve_frame` turns a predicted frame back into codes.
 
