@@ -45,6 +45,7 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from robotok.evaluate.metrics import bootstrap_mean_interval
 from robotok.evaluate.video import _font, annotate, tile_cameras, write_mp4, write_png
 
 PROG = "robotok-imagine"
@@ -143,7 +144,7 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
             key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached]))
             for key in ("model", "model_decoder", "copy_last", "copy_last_tokens", "tokenizer", "tokenizer_reference")
         }
-        lo, hi = gain_interval([e["psnr_model"][k - 1] - e["psnr_copy_last"][k - 1] for e in reached])
+        lo, hi = bootstrap_mean_interval([e["psnr_model"][k - 1] - e["psnr_copy_last"][k - 1] for e in reached])
         rows.append(
             {
                 "step": k,
@@ -163,22 +164,12 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
     return rows
 
 
-def gain_interval(gains: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """95% bootstrap interval (percentile) of the mean of per-seed gains; one seed gives (gain, gain).
-    Seeded, so a table is reproducible."""
-    g = np.asarray(gains, dtype=np.float64)
-    if len(g) < 2:
-        return float(g.mean()), float(g.mean())
-    means = g[np.random.default_rng(seed).integers(0, len(g), (resamples, len(g)))].mean(axis=1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def beaten_until_s(rows: list[dict[str, Any]]) -> float:
     """The longest horizon (s) up to which the model beats copy_last at every step (0.0: not at the first):
     a step counts when the 95% interval of its gain over the seeds lies above 0, not only its mean."""
     t = 0.0
     for r in rows:
-        if r["gain_db"] <= 0 or r.get("gain_db_ci95", [r["gain_db"]])[0] <= 0:
+        if r["gain_db_ci95"][0] <= 0:
             break
         t = r["t_s"]
     return t

@@ -10,7 +10,8 @@ An episode record is a plain JSON-able dict written by ``robotok.evaluate.rollou
 
 Success rates carry a 95% Wilson score interval (Wilson 1927, "Probable inference, the law of succession,
 and statistical inference"): unlike the normal approximation it stays inside [0, 1] and is honest at
-0/n and n/n, which is where a good or a broken policy lands.
+0/n and n/n, which is where a good or a broken policy lands. Means over seeds of a continuous figure
+(e.g. PSNR gained over a baseline by ``robotok-imagine``) carry a seeded 95% bootstrap interval.
 
 The driving score follows the CARLA leaderboard (https://leaderboard.carla.org/#driving-score): route
 completion times a multiplicative infraction penalty. robotok's road has no pedestrians or traffic
@@ -71,6 +72,18 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     lo = 0.0 if successes == 0 else max(0.0, centre - half)
     hi = 1.0 if successes == n else min(1.0, centre + half)
     return lo, hi
+
+
+def bootstrap_mean_interval(values: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap (percentile) interval of the mean of ``values``, e.g. per-seed gains over a baseline;
+    one value gives (value, value). Seeded, so a table is reproducible."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("bootstrap_mean_interval needs at least one value")
+    if v.size < 2:
+        return float(v[0]), float(v[0])
+    means = v[np.random.default_rng(seed).integers(0, v.size, (resamples, v.size))].mean(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
 def infraction_penalty(collisions: int, off_road: int) -> float:

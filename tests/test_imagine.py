@@ -19,13 +19,13 @@ from robotok.evaluate.imagine import (
     PSNR_MAX,
     beaten_until_s,
     frames_psnr,
-    gain_interval,
     imagine_episode,
     main,
     on_reference,
     psnr,
     summarize,
 )
+from robotok.evaluate.metrics import bootstrap_mean_interval
 from robotok.evaluate.video import read_mp4
 from robotok.policy.inference import Policy
 from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, pretokenize
@@ -290,8 +290,8 @@ def test_psnr_of_known_pairs() -> None:
     )
     # a mean above zero whose interval is not (one seed far ahead, the others behind) is not a win
     gains = [3.0, -0.5, -0.4, -0.6, -0.5, -0.45]
-    lo, hi = gain_interval(gains)
-    assert lo < 0 < np.mean(gains) < hi and gain_interval(gains) == (lo, hi)
+    lo, hi = bootstrap_mean_interval(gains)
+    assert lo < 0 < np.mean(gains) < hi and bootstrap_mean_interval(gains) == (lo, hi)
     noisy = [{**eps[1], "psnr_model": [21.0 + g], "psnr_copy_last": [21.0]} for g in gains]
     assert summarize(noisy, 1, 5, 20.0)[0]["gain_db"] > 0 and beaten_until_s(summarize(noisy, 1, 5, 20.0)) == 0.0
 
