@@ -50,6 +50,8 @@ from robotok.evaluate.video import _font, annotate, tile_cameras, write_mp4, wri
 
 PROG = "robotok-imagine"
 PSNR_MAX = 100.0  # dB for identical frames, so that means over seeds stay finite
+SCORES = ("model", "model_decoder", "copy_last", "copy_last_tokens", "tokenizer", "tokenizer_reference")
+"""The per-step PSNRs of an episode record (``psnr_<name>``), averaged per horizon as ``psnr/<name>``."""
 
 
 @dataclass
@@ -140,22 +142,14 @@ def summarize(episodes: list[dict[str, Any]], steps: int, n_action_steps: int, f
         reached = [e for e in episodes if len(e["psnr_model"]) >= k]
         if not reached:
             break
-        mean = {
-            key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached]))
-            for key in ("model", "model_decoder", "copy_last", "copy_last_tokens", "tokenizer", "tokenizer_reference")
-        }
+        mean = {key: float(np.mean([e[f"psnr_{key}"][k - 1] for e in reached])) for key in SCORES}
         lo, hi = bootstrap_mean_interval([e["psnr_model"][k - 1] - e["psnr_copy_last"][k - 1] for e in reached])
         rows.append(
             {
                 "step": k,
                 "t_s": round(k * n_action_steps / fps, 4),
                 "episodes": len(reached),
-                "psnr/model": mean["model"],
-                "psnr/model_decoder": mean["model_decoder"],
-                "psnr/copy_last": mean["copy_last"],
-                "psnr/copy_last_tokens": mean["copy_last_tokens"],
-                "psnr/tokenizer": mean["tokenizer"],
-                "psnr/tokenizer_reference": mean["tokenizer_reference"],
+                **{f"psnr/{key}": mean[key] for key in SCORES},
                 "ratio": mean["model"] / mean["copy_last"],
                 "gain_db": mean["model"] - mean["copy_last"],
                 "gain_db_ci95": [lo, hi],
@@ -366,16 +360,10 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
         "summary": {
             "imagine/episodes": len(episodes),
             "imagine/skipped": len(skipped),
-            "imagine/psnr_model": float(np.mean([r["psnr/model"] for r in rows])) if rows else None,
-            "imagine/psnr_model_decoder": float(np.mean([r["psnr/model_decoder"] for r in rows])) if rows else None,
-            "imagine/psnr_copy_last": float(np.mean([r["psnr/copy_last"] for r in rows])) if rows else None,
-            "imagine/psnr_copy_last_tokens": float(np.mean([r["psnr/copy_last_tokens"] for r in rows]))
-            if rows
-            else None,
-            "imagine/psnr_tokenizer": float(np.mean([r["psnr/tokenizer"] for r in rows])) if rows else None,
-            "imagine/psnr_tokenizer_reference": float(np.mean([r["psnr/tokenizer_reference"] for r in rows]))
-            if rows
-            else None,
+            **{
+                f"imagine/psnr_{key}": float(np.mean([r[f"psnr/{key}"] for r in rows])) if rows else None
+                for key in SCORES
+            },
             "imagine/beats_copy_last_until_s": beaten_until_s(rows),
             "imagine/decode_failures": int(sum(e["decode_failures"] for e in episodes)),
         },
