@@ -16,7 +16,10 @@ here 2,500 reach 70%. Training computes the output head only at the positions th
 27% of them). The video tokenizer weights pixels away from the frame's dominant colour (``--object-weight``,
 on by default): without it the 1,000-step tokenizer of the first demo drew no cups at all. The policy trains
 with the next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive
-success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it.
+success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The cpu preset
+tokenises the front camera alone: PickCup-only policies with the wrist camera too lift a cup 4 to 7 times as
+often (README, "Which choices mattered"), but a random one of the scene, and every PickCup frame would cost
+64 more tokens.
 """
 
 from __future__ import annotations
