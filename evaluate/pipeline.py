@@ -4,6 +4,7 @@
     robotok-pipeline --preset gpu --out runs/gpu       # a CUDA node: more data, a bigger model
     robotok-pipeline --preset smoke --out /tmp/smoke   # a few minutes; what CI runs
     robotok-pipeline --stages train eval report --force
+    robotok-pipeline --out runs/wrist --overrides cameras=front,wrist goal=true   # preset fields changed
 
 Each stage runs the command a user would type (printed before it runs) and writes into a fixed layout:
 
@@ -45,7 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from robotok.evaluate.presets import EVAL_SEED_START, PRESETS, TASKS, Preset
+from robotok.evaluate.presets import EVAL_SEED_START, PRESETS, TASKS, Preset, with_overrides
 
 PROG = "robotok-pipeline"
 STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
@@ -73,6 +74,9 @@ class PipelineConfig:
     """Redo the selected stages even when their outputs are complete (later stages then redo too)."""
     dry_run: bool = False
     """Print the commands without running them."""
+    overrides: tuple[str, ...] = ()
+    """Preset fields to change, as field=value (robotok.evaluate.presets.Preset), e.g. cameras=front,wrist
+    goal=true train_steps=3000; a run directory made with other settings needs --force or another --out."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -81,6 +85,11 @@ class PipelineConfig:
             raise ValueError(f"stages {list(self.stages)}: unknown {bad}; choose from {list(STAGES)}")
         if self.preset not in PRESETS:
             raise ValueError(f"preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        self.settings()  # a bad override fails here, before anything runs
+
+    def settings(self) -> Preset:
+        """The preset with ``overrides`` applied: every choice this run makes."""
+        return with_overrides(PRESETS[self.preset], self.overrides)
 
 
 # ---- commands ---------------------------------------------------------------------------------------------
@@ -351,7 +360,7 @@ def run(cfg: PipelineConfig) -> dict:
     """Run the selected stages in order; returns the pipeline log (also written to ``<out>/pipeline.json``)."""
     from robotok.evaluate.pipeline_report import write_pipeline_report
 
-    p, out = PRESETS[cfg.preset], cfg.out
+    p, out = cfg.settings(), cfg.out
     out.mkdir(parents=True, exist_ok=True)
     log = _load_log(out)
     if log.get("preset") not in (None, cfg.preset) and not cfg.force:
@@ -359,7 +368,15 @@ def run(cfg: PipelineConfig) -> dict:
             f"{PROG}: error: {out} holds a run of preset {log['preset']!r}, not {cfg.preset!r}; "
             "choose another --out, or pass --force to redo it"
         )
-    log.update({"preset": cfg.preset, "settings": asdict(p)})
+    settings = json.loads(json.dumps(asdict(p)))  # as pipeline.json stores them (tuples become lists)
+    changed = sorted(k for k, v in log.get("settings", {}).items() if settings.get(k, v) != v)
+    if changed and not cfg.force:  # stages skip by the age of their outputs, not by what made them
+        raise SystemExit(
+            f"{PROG}: error: {out} was made with other settings ("
+            + ", ".join(f"{k}: {log['settings'][k]} there, {settings[k]} now" for k in changed)
+            + "); choose another --out, or pass --force to redo it"
+        )
+    log.update({"preset": cfg.preset, "settings": settings})
     t_start = time.perf_counter()
     selected = [s for s in STAGES if s in cfg.stages]
     forced = set(selected) if cfg.force else set()

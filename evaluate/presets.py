@@ -24,8 +24,11 @@ often (README, "Which choices mattered"), but a random one of the scene, and eve
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import typing
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import Any, Literal
 
 TASKS = {"pickcup": "robotok/PickCup-v0", "drive": "robotok/Drive-v0"}  # data/<task>/ <- env id
 EVAL_SEED_START = 100_000  # demonstrations use seeds from 0: evaluation scenes are unseen
@@ -130,3 +133,47 @@ PRESETS: dict[str, Preset] = {
         videos=1,
     ),
 }
+
+
+def _parse(name: str, hint: Any, text: str) -> Any:
+    """One ``--overrides`` value as the field's type: ints, floats, bools, comma lists, a choice, a JSON object."""
+    origin = typing.get_origin(hint)
+    if hint is bool:
+        if text.lower() not in ("true", "false", "1", "0", "on", "off"):
+            raise ValueError(f"{name}={text!r}: a bool (true or false)")
+        return text.lower() in ("true", "1", "on")
+    if hint in (int, float, str):
+        return hint(text)
+    if origin is tuple:
+        item = typing.get_args(hint)[0]
+        return tuple(item(v) for v in text.split(",") if v)
+    if origin is Literal:
+        if text not in typing.get_args(hint):
+            raise ValueError(f"{name}={text!r}: one of {list(typing.get_args(hint))}")
+        return text
+    if origin is dict:
+        value = json.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"{name}={text!r}: a JSON object")
+        return value
+    raise ValueError(f"{name}: no --overrides parser for its type {hint}")
+
+
+def with_overrides(preset: Preset, overrides: typing.Sequence[str]) -> Preset:
+    """``preset`` with ``field=value`` overrides (``robotok-pipeline --overrides``), e.g. ``cameras=front,wrist``,
+    ``goal=true``, ``train_steps=3000``, ``episodes={"pickcup": 1000, "drive": 200}``; ValueError names a bad
+    field or value."""
+    hints = typing.get_type_hints(Preset)
+    fields = [f.name for f in dataclasses.fields(Preset)]
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or name not in hints:
+            raise ValueError(f"--overrides {item!r}: expected field=value with a field of {fields}")
+        try:
+            changes[name] = _parse(name, hints[name], text)
+        except (TypeError, ValueError) as e:  # int("x"), json errors, the messages above
+            raise ValueError(f"--overrides {item!r}: {e}") from None
+    if "episodes" in changes and set(changes["episodes"]) != set(preset.episodes):
+        raise ValueError(f"--overrides episodes: give every task, {sorted(preset.episodes)}")
+    return replace(preset, **changes)

@@ -152,3 +152,58 @@ def test_record_keeps_a_finished_task_and_dry_run_only_prints(tmp_path, capsys):
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
     assert len(printed) == 2 and "robotok/Drive-v0" in printed[0] and printed[1].startswith("$ robotok-fit-tokenizers")
     assert info.is_file() and not (tmp_path / "data" / "drive").exists()
+
+
+def test_overrides_change_preset_fields_by_their_types():
+    from robotok.evaluate.presets import with_overrides
+
+    cpu = PRESETS["cpu"]
+    p = with_overrides(
+        cpu,
+        [
+            "cameras=front,wrist",
+            "goal=true",
+            "train_steps=3000",
+            "lr=5e-4",
+            "model=small",
+            "video_channels=16,32",
+            'episodes={"pickcup": 50, "drive": 20}',
+        ],
+    )
+    assert p.cameras == ("front", "wrist") and p.goal is True and p.train_steps == 3000 and p.lr == 5e-4
+    assert p.model == "small" and p.video_channels == (16, 32) and p.episodes == {"pickcup": 50, "drive": 20}
+    assert (p.horizon, p.noise, p.frame_loss_weight) == (cpu.horizon, cpu.noise, cpu.frame_loss_weight)
+    assert with_overrides(cpu, []) == cpu
+    for bad, says in (
+        ("camras=front", "field=value"),
+        ("train_steps", "field=value"),
+        ("train_steps=many", "train_steps=many"),
+        ("goal=maybe", "a bool"),
+        ("action_kind=fourier", "one of"),
+        ('episodes={"pickcup": 50}', "every task"),
+        ("episodes=[1, 2]", "a JSON object"),
+    ):
+        with pytest.raises(ValueError, match=says):
+            with_overrides(cpu, [bad])
+
+
+def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, capsys):
+    cfg = PipelineConfig(out=tmp_path, preset="smoke", overrides=("cameras=front,wrist", "goal=true"))
+    p = cfg.settings()
+    pre = commands("pretokenize", tmp_path, p)[0]
+    assert pre[pre.index("--cameras") + 1 : pre.index("--cameras") + 3] == ["front", "wrist"] and "--goal" in pre
+    vid = commands("video", tmp_path, p)[0]
+    assert vid[vid.index("--cameras") + 1 : vid.index("--cameras") + 3] == ["front", "wrist"]
+    with pytest.raises(ValueError, match="field=value"):
+        PipelineConfig(overrides=("nope=1",))
+    # a run directory made with the plain smoke settings: the overridden run refuses it unless forced
+    (tmp_path / "pipeline.json").write_text(
+        json.dumps({"preset": "smoke", "settings": PipelineConfig(preset="smoke").settings().__dict__, "stages": {}})
+    )
+    with pytest.raises(SystemExit, match="cameras: \\['front'\\] there, \\['front', 'wrist'\\] now"):
+        run(PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True, overrides=cfg.overrides))
+    run(PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True))  # same settings: runs
+    run(
+        PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True, force=True, overrides=cfg.overrides)
+    )
+    assert sum(line.startswith("$ robotok-fit-tokenizers") for line in capsys.readouterr().out.splitlines()) == 2
