@@ -376,7 +376,7 @@ def run(cfg: PipelineConfig) -> dict:
             + ", ".join(f"{k}: {log['settings'][k]} there, {settings[k]} now" for k in changed)
             + "); choose another --out, or pass --force to redo it"
         )
-    log.update({"preset": cfg.preset, "settings": settings})
+    log.update({"preset": cfg.preset, "overrides": list(cfg.overrides), "settings": settings})
     t_start = time.perf_counter()
     selected = [s for s in STAGES if s in cfg.stages]
     forced = set(selected) if cfg.force else set()

@@ -255,7 +255,8 @@ def write_pipeline_report(out: Path, log: dict[str, Any]) -> Path:
     """Write ``<out>/report.md`` from the stage outputs and the pipeline log; returns its path."""
     s = log.get("settings", {})
     lines = [
-        f"# robotok demo: preset `{log.get('preset')}`",
+        f"# robotok demo: preset `{log.get('preset')}`"
+        + (f" with {', '.join(f'`{o}`' for o in log['overrides'])}" if log.get("overrides") else ""),
         "",
         f"Written {datetime.now(UTC).isoformat(timespec='seconds')} by robotok-pipeline. One `{s.get('model')}` "
         "transformer, prompted in plain language, reads video tokens and state and emits action tokens for "

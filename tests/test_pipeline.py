@@ -207,3 +207,9 @@ def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, 
         PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True, force=True, overrides=cfg.overrides)
     )
     assert sum(line.startswith("$ robotok-fit-tokenizers") for line in capsys.readouterr().out.splitlines()) == 2
+    from robotok.evaluate.pipeline_report import write_pipeline_report
+
+    title = write_pipeline_report(
+        tmp_path, {"preset": "smoke", "overrides": list(cfg.overrides), "stages": {}}
+    ).read_text()
+    assert title.startswith("# robotok demo: preset `smoke` with `cameras=front,wrist`, `goal=true`")
