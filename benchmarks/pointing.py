@@ -1,0 +1,263 @@
+"""Can a model learn, from video tokens and a prompt, where the named cup is? The policy's transformer against a
+small language-conditioned CNN on the same tokens, by the number of training scenes.
+
+    python benchmarks/pointing.py --tokenizer runs/demo/tokenizers/video --scenes 500 20000
+
+PickCup's policy has to turn a colour word and 64 code ids into a place on the table. Whole policy runs take
+20 to 40 minutes and their success sits near 0%, so they say little about which part fails. This isolates the
+part: each model sees the prompt and the first frame of a PickCup scene (the arm at home, every cup in view),
+tokenised by the demo's video tokenizer, and is trained with a cross-entropy loss to name the cell of an 8x8
+grid over the cup area that holds the named cup; on held-out scenes the cup nearest the predicted cell's centre
+must be the named one (chance is the mean of one over the number of cups). "Near a cup" counts predictions
+within 6 cm of any cup's centre: finding cups at all, whatever their colour.
+
+- ``transformer``: ``robotok.policy.model.Transformer`` (``--preset``, default the demo's ``tiny``), reading
+  ``BOS prompt SEP FRAME_OPEN video FRAME_CLOSE ACT_OPEN`` in the policy's token space and predicting the cell at
+  ``ACT_OPEN`` with a linear head: the policy's own architecture, embeddings and all.
+- ``cnn``: the baseline in the same run, three 3x3 convolutions over the 8x8 grid of the same codes' latent
+  vectors, the prompt's colour word modulating the middle one (FiLM, as in RT-1), and a linear read-out of
+  the whole grid. It is told the colour word as one of seven ids, not the prompt's bytes.
+
+Scenes are rendered fresh (about 2 ms each) from seeds disjoint from the demo's demonstrations (from 0) and
+evaluation (from 100,000): training from ``--seed-start``, held-out from ``--test-seed-start``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+
+import robotok.sim_envs  # noqa: F401  (registers the env ids)
+from robotok.policy.model import Transformer, fsq_code_vectors, preset
+from robotok.sim_envs.pick_cup import CUP_AREA_HI, CUP_AREA_LO, CUP_COLORS
+from robotok.tokenizers.space import ACT_OPEN, ActionRange, TokenSpace
+from robotok.tokenizers.video import VideoTokenizer
+
+GRID = 8  # cells per side of the grid over the cup area
+MARGIN = 0.03  # m around the area where cup centres are drawn
+LO, HI = np.asarray(CUP_AREA_LO) - MARGIN, np.asarray(CUP_AREA_HI) + MARGIN
+COLORS = list(CUP_COLORS)
+NEAR = 0.06  # m: a prediction this close to some cup "finds a cup"
+
+
+@dataclass
+class BenchConfig:
+    """Train the policy's transformer and a FiLM CNN to point at the named cup; report held-out accuracy."""
+
+    tokenizer: Path = Path("runs/demo/tokenizers/video")
+    """Directory written by robotok-train-video-tokenizer (its front camera frames are 64x64 by default)."""
+    scenes: list[int] = field(default_factory=lambda: [500, 20000])
+    """Training-set sizes to compare (distinct scenes; each is its own run)."""
+    models: list[str] = field(default_factory=lambda: ["transformer", "cnn"])
+    """Which models to train: transformer, cnn."""
+    steps: int = 1000
+    """Optimiser steps per run (the demo trains its policy 2,500 steps on both tasks)."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    """Peak learning rate (the demo's), 100 warm-up steps, cosine decay to zero."""
+    preset: str = "tiny"
+    """robotok.policy.model preset of the transformer."""
+    test_scenes: int = 1000
+    seed_start: int = 1_000_000
+    test_seed_start: int = 500_000
+    threads: int = 0
+    """torch threads (0: torch's default)."""
+    out: Path = Path("")
+    """Optional JSON file for the figures."""
+
+
+def render_scenes(start: int, n: int, size: tuple[int, int]) -> dict[str, np.ndarray]:
+    """First front frames of n PickCup scenes, with each scene's prompt, colour id, cup centres and target."""
+    env = gym.make("robotok/PickCup-v0", width=size[1], height=size[0])
+    u = env.unwrapped
+    frames = np.zeros((n, *size, 3), np.uint8)
+    cups = np.full((n, 4, 2), np.nan, np.float32)
+    target, color, prompts = np.zeros(n, np.int64), np.zeros(n, np.int64), []
+    for i in range(n):
+        obs, info = env.reset(seed=start + i)
+        frames[i] = obs["pixels"]["front"]
+        xy = u.cup_positions()[:, :2]
+        cups[i, : len(xy)] = xy
+        target[i], color[i] = u.target_index, COLORS.index(u.target_color)
+        prompts.append(info["prompt"])
+        if not re.search(rf"\b{u.target_color}\b", info["prompt"]):
+            raise RuntimeError(f"scene {start + i}: prompt {info['prompt']!r} does not name {u.target_color}")
+    env.close()
+    return {"frames": frames, "cups": cups, "target": target, "color": color, "prompts": np.asarray(prompts)}
+
+
+def cell_of(xy: np.ndarray) -> np.ndarray:
+    """Grid cell index (row-major over x then y) of table points [..., 2]."""
+    ij = np.clip(((xy - LO) / (HI - LO) * GRID).astype(np.int64), 0, GRID - 1)
+    return ij[..., 0] * GRID + ij[..., 1]
+
+
+def score(pred: np.ndarray, cups: np.ndarray, target: np.ndarray) -> dict[str, float]:
+    """Held-out figures of predicted cells: named cup nearest, some cup within NEAR, and chance."""
+    centre = LO + (np.stack([pred // GRID, pred % GRID], 1) + 0.5) / GRID * (HI - LO)
+    dist = np.nan_to_num(np.linalg.norm(cups - centre[:, None], axis=-1), nan=np.inf)
+    n_cups = np.isfinite(cups[:, :, 0]).sum(1)
+    return {
+        "named_cup": float((dist.argmin(1) == target).mean()),
+        "near_a_cup": float((dist.min(1) < NEAR).mean()),
+        "chance": float((1.0 / n_cups).mean()),
+    }
+
+
+class FiLMCNN(nn.Module):
+    """Three 3x3 convolutions over the code-vector grid; the colour id scales and shifts the second's output."""
+
+    def __init__(self, code_dim: int, n_colors: int, width: int = 64):
+        super().__init__()
+        self.c1 = nn.Conv2d(code_dim, width, 3, padding=1)
+        self.c2 = nn.Conv2d(width, width, 3, padding=1)
+        self.film = nn.Embedding(n_colors, 2 * width)
+        self.c3 = nn.Conv2d(width, width, 3, padding=1)
+        self.out = nn.LazyLinear(GRID * GRID)
+
+    def forward(self, codes: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        h = self.c2(F.relu(self.c1(codes)))
+        gamma, beta = self.film(color).chunk(2, -1)
+        h = F.relu(h * gamma[..., None, None] + beta[..., None, None])
+        return self.out(F.relu(self.c3(h)).flatten(1))
+
+
+class Pointer(nn.Module):
+    """The policy's transformer with a linear head over grid cells at the last position (ACT_OPEN)."""
+
+    def __init__(self, name: str, space: TokenSpace, levels: tuple[int, ...], seq_len: int):
+        super().__init__()
+        cfg = preset(
+            name, vocab_size=space.vocab_size, max_seq_len=seq_len, video_start=space.video_start, video_levels=levels
+        )
+        self.body = Transformer(cfg)
+        self.head = nn.Linear(cfg.d_model, GRID * GRID)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        m, t = self.body, ids.shape[1]
+        x = m.embed(ids)
+        for block in m.blocks:
+            x = block(x, m.rope_cos[:t], m.rope_sin[:t])
+        return self.head(m.norm(x[:, -1]))
+
+
+def sequences(space: TokenSpace, prompts: np.ndarray, ids: np.ndarray) -> torch.Tensor:
+    """``BOS prompt SEP FRAME_OPEN video FRAME_CLOSE ACT_OPEN``, left-padded with PAD (id 0) to one length."""
+    rows = [[*space.encode_prompt(str(p)), *space.frame([c]), ACT_OPEN] for p, c in zip(prompts, ids, strict=True)]
+    out = np.zeros((len(rows), max(map(len, rows))), np.int64)
+    for i, r in enumerate(rows):
+        out[i, out.shape[1] - len(r) :] = r
+    return torch.from_numpy(out)
+
+
+def train_and_score(
+    model: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    labels: torch.Tensor,
+    test_inputs: tuple[torch.Tensor, ...],
+    test: dict[str, np.ndarray],
+    cfg: BenchConfig,
+) -> dict[str, float]:
+    """AdamW with the demo's schedule shape (warm-up, cosine), bf16 autocast on CPU; held-out figures."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        model(*(x[:2] for x in inputs))  # materialise lazy layers before the optimiser takes the parameters
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    gen = torch.Generator().manual_seed(0)
+    t0 = time.perf_counter()
+    for step in range(1, cfg.steps + 1):
+        lr = cfg.lr * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        i = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
+        with torch.autocast("cpu", torch.bfloat16):
+            loss = F.cross_entropy(model(*(x[i] for x in inputs)).float(), labels[i])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+        n = len(test["target"])
+        logits = torch.cat([model(*(x[j : j + 250] for x in test_inputs)).float() for j in range(0, n, 250)])
+    labels_test = torch.from_numpy(cell_of(test["cups"][np.arange(n), test["target"]]))
+    return {
+        **score(logits.argmax(-1).numpy(), test["cups"], test["target"]),
+        "train_loss_last": float(loss.detach()),
+        "test_loss": float(F.cross_entropy(logits, labels_test)),
+        "seconds": seconds,
+    }
+
+
+def main() -> None:
+    cfg = tyro.cli(BenchConfig)
+    bad = sorted(set(cfg.models) - {"transformer", "cnn"})
+    if bad or not cfg.scenes or min(cfg.scenes) < 1:
+        raise SystemExit(f"pointing.py: error: --models from transformer, cnn (got {bad}); --scenes positive ints")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    vt = VideoTokenizer.load(cfg.tokenizer)
+    size = tuple(vt.cfg.image_size)
+    space = TokenSpace(state_bins=2, video_vocab=vt.vocab_size, action_ranges=[ActionRange("none", 1, 1)])
+    vecs = fsq_code_vectors(tuple(vt.cfg.levels))
+
+    def encode(d: dict[str, np.ndarray]) -> np.ndarray:
+        f = d["frames"]
+        return np.concatenate([vt.encode(f[j : j + 256]) for j in range(0, len(f), 256)])  # [N, h, w]
+
+    t0 = time.perf_counter()
+    test = render_scenes(cfg.test_seed_start, cfg.test_scenes, size)
+    train_all = render_scenes(cfg.seed_start, max(cfg.scenes), size)
+    codes_test, codes_all = encode(test), encode(train_all)
+    print(f"rendered and tokenised {cfg.test_scenes} + {max(cfg.scenes)} scenes in {time.perf_counter() - t0:.0f} s")
+    seq_test = sequences(space, test["prompts"], codes_test)
+    grid_test = vecs[torch.from_numpy(codes_test)].permute(0, 3, 1, 2).contiguous()
+    labels_all = torch.from_numpy(cell_of(train_all["cups"][np.arange(len(codes_all)), train_all["target"]]))
+    rows = []
+    for n in cfg.scenes:
+        for name in cfg.models:
+            torch.manual_seed(0)
+            if name == "transformer":
+                seq = sequences(space, train_all["prompts"][:n], codes_all[:n])
+                length = max(seq.shape[1], seq_test.shape[1])
+                seq, seq_t = (F.pad(s, (length - s.shape[1], 0)) for s in (seq, seq_test))  # left, with PAD = 0
+                model: nn.Module = Pointer(cfg.preset, space, tuple(vt.cfg.levels), length)
+                r = train_and_score(model, (seq,), labels_all[:n], (seq_t,), test, cfg)
+            else:
+                grid = vecs[torch.from_numpy(codes_all[:n])].permute(0, 3, 1, 2).contiguous()
+                color = torch.from_numpy(train_all["color"][:n])
+                model = FiLMCNN(vecs.shape[1], len(COLORS))
+                r = train_and_score(
+                    model, (grid, color), labels_all[:n], (grid_test, torch.from_numpy(test["color"])), test, cfg
+                )
+            rows.append({"model": name, "scenes": n, **r})
+            print(
+                f"{name:11s} {n:6d} scenes: named cup {r['named_cup']:.1%} (chance {r['chance']:.1%}), "
+                f"near a cup {r['near_a_cup']:.1%}, held-out loss {r['test_loss']:.2f} "
+                f"(uniform {math.log(GRID * GRID):.2f}), {r['seconds']:.0f} s",
+                flush=True,
+            )
+    by = {(r["model"], r["scenes"]): r for r in rows}
+    for n in cfg.scenes:
+        if ("transformer", n) in by and ("cnn", n) in by:
+            t, c = by[("transformer", n)]["named_cup"], by[("cnn", n)]["named_cup"]
+            print(f"{n} scenes: transformer / cnn named-cup accuracy = {t / max(c, 1e-9):.2f}")
+    if cfg.out != Path(""):
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+        cfg.out.write_text(json.dumps({"config": {k: str(v) for k, v in vars(cfg).items()}, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
