@@ -170,10 +170,10 @@ def train_and_score(
     cfg: BenchConfig,
 ) -> dict[str, float]:
     """AdamW with the demo's schedule shape (warm-up, cosine), bf16 autocast on CPU; held-out figures."""
-    params = [p for p in model.parameters() if p.requires_grad]
     with torch.no_grad():
         model(*(x[:2] for x in inputs))  # materialise lazy layers before the optimiser takes the parameters
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
+    params = list(model.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
     gen = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
