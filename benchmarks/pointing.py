@@ -68,6 +68,9 @@ class BenchConfig:
     """Peak learning rate (the demo's), 100 warm-up steps, cosine decay to zero."""
     preset: str = "tiny"
     """robotok.policy.model preset of the transformer."""
+    stem: bool = False
+    """Add to each video token's input embedding two 3x3 convolutions over the frame's code-vector grid and a
+    learned embedding of its cell (a candidate input for the policy; not in robotok.policy)."""
     test_scenes: int = 1000
     seed_start: int = 1_000_000
     test_seed_start: int = 500_000
@@ -136,17 +139,31 @@ class FiLMCNN(nn.Module):
 class Pointer(nn.Module):
     """The policy's transformer with a linear head over grid cells at the last position (ACT_OPEN)."""
 
-    def __init__(self, name: str, space: TokenSpace, levels: tuple[int, ...], seq_len: int):
+    def __init__(
+        self, name: str, space: TokenSpace, levels: tuple[int, ...], seq_len: int, grid: tuple[int, int], stem: bool
+    ):
         super().__init__()
         cfg = preset(
             name, vocab_size=space.vocab_size, max_seq_len=seq_len, video_start=space.video_start, video_levels=levels
         )
         self.body = Transformer(cfg)
         self.head = nn.Linear(cfg.d_model, GRID * GRID)
+        self.grid, self.stem = grid, None
+        if stem:
+            self.stem = nn.Sequential(
+                nn.Conv2d(len(levels), 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, cfg.d_model, 3, padding=1)
+            )
+            self.cell = nn.Parameter(torch.randn(grid[0] * grid[1], cfg.d_model) * 0.02)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         m, t = self.body, ids.shape[1]
         x = m.embed(ids)
+        if self.stem is not None:  # the frame's h*w video ids sit before FRAME_CLOSE ACT_OPEN
+            (h, w), d = self.grid, m.video_vecs.shape[1]
+            video = slice(t - 2 - h * w, t - 2)
+            vecs = m.video_vecs[ids[:, video] - m.cfg.video_start].view(-1, h, w, d)
+            local = self.stem(vecs.permute(0, 3, 1, 2).to(x.dtype)).flatten(2).transpose(1, 2)
+            x = torch.cat([x[:, : video.start], x[:, video] + local.to(x.dtype) + self.cell, x[:, video.stop :]], 1)
         for block in m.blocks:
             x = block(x, m.rope_cos[:t], m.rope_sin[:t])
         return self.head(m.norm(x[:, -1]))
@@ -233,7 +250,7 @@ def main() -> None:
                 seq = sequences(space, train_all["prompts"][:n], codes_all[:n])
                 length = max(seq.shape[1], seq_test.shape[1])
                 seq, seq_t = (F.pad(s, (length - s.shape[1], 0)) for s in (seq, seq_test))  # left, with PAD = 0
-                model: nn.Module = Pointer(cfg.preset, space, tuple(vt.cfg.levels), length)
+                model: nn.Module = Pointer(cfg.preset, space, tuple(vt.cfg.levels), length, vt.grid, cfg.stem)
                 r = train_and_score(model, (seq,), labels_all[:n], (seq_t,), test, cfg)
             else:
                 grid = vecs[torch.from_numpy(codes_all[:n])].permute(0, 3, 1, 2).contiguous()
