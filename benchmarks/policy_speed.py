@@ -5,6 +5,8 @@
 1. CPU training throughput of the ``tiny`` preset (forward, backward, AdamW step), fp32 against bf16
    autocast measured in the same run, interleaved so that load from other processes hits both alike.
    ``robotok-train --dtype auto`` picks bf16 on CPUs with AMX-BF16 or AVX512-BF16 because of this ratio.
+   A third figure swaps the model's attention (fp32 on the CPU, ``robotok.policy.model.attend``) for torch's
+   bf16 kernel, in the same rounds.
 2. Latency of generating one action chunk (``--gen`` tokens greedily after a ``--prompt``-token context,
    batch 1, fp32) with the KV cache (prefill, then one token per step) and without it (a full forward
    per token), p50/p99 over ``--reps`` chunks, for the ``tiny`` and ``small`` presets.
@@ -19,7 +21,9 @@ import statistics
 import time
 
 import torch
+import torch.nn.functional as F
 
+import robotok.policy.model as model_lib
 from robotok.policy.model import Transformer, preset
 
 VOCAB = 2048  # about the joint token space of the demo tasks
@@ -103,17 +107,28 @@ def main() -> None:
 
     # 1. CPU training throughput, fp32 vs bf16 autocast, interleaved rounds
     model = Transformer(preset("tiny", vocab_size=VOCAB, max_seq_len=512))
-    rates: dict[str, list[float]] = {"fp32": [], "bf16": [], "bf16_sel": []}
+    rates: dict[str, list[float]] = {"fp32": [], "bf16": [], "bf16_sel": [], "bf16_kernel": []}
     for _ in range(args.train_rounds):
         rates["fp32"].append(train_tokens_per_s(model, 8, 256, None, 2, "cpu"))
         rates["bf16"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu"))
         rates["bf16_sel"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu", args.supervised))
+        own, model_lib.attend = model_lib.attend, F.scaled_dot_product_attention  # torch's bf16 kernel instead
+        try:
+            rates["bf16_kernel"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu"))
+        finally:
+            model_lib.attend = own
     # best of the rounds: other processes on the machine only ever slow a round down
     fp32, bf16 = max(rates["fp32"]), max(rates["bf16"])
     print(
         f"train  tiny ({model.num_params() / 1e6:.2f}M params) batch 8x256 on CPU: fp32 {fp32:,.0f} tokens/s, "
         f"bf16 autocast {bf16:,.0f} tokens/s, bf16/fp32 = {bf16 / fp32:.2f}x (best of {args.train_rounds}; "
         f"medians {statistics.median(rates['fp32']):,.0f} / {statistics.median(rates['bf16']):,.0f})"
+    )
+    kernel = max(rates["bf16_kernel"])
+    print(
+        f"train  tiny bf16 with the bf16 attention kernel instead of the model's fp32 attention: {kernel:,.0f} "
+        f"tokens/s, fp32 attention / kernel = {bf16 / kernel:.2f}x (best of {args.train_rounds}; median "
+        f"{statistics.median(rates['bf16_kernel']):,.0f})"
     )
     sel = max(rates["bf16_sel"])
     print(

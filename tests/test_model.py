@@ -11,6 +11,7 @@ from robotok.policy.model import (
     Block,
     ModelConfig,
     Transformer,
+    attend,
     fsq_code_vectors,
     preset,
     weighted_cross_entropy,
@@ -149,6 +150,23 @@ def test_video_code_embedding_follows_the_fsq_codebook_and_keeps_the_cache_exact
             1,
         )
     torch.testing.assert_close(step, full, atol=1e-5, rtol=1e-4)
+
+
+def test_cpu_attention_runs_in_fp32_under_bf16_autocast():
+    """bf16 q/k/v under CPU autocast: the output is the fp32 attention of those values, rounded once to bf16, which
+    differs from the kernel's own bf16 result in places (so the check can tell the two paths apart)."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 70, 16, generator=g).bfloat16() for _ in range(3))
+    with torch.autocast("cpu", torch.bfloat16):
+        got = attend(q, k, v, is_causal=True)
+    assert got.dtype == torch.bfloat16
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    torch.testing.assert_close(got, ref.bfloat16(), atol=0, rtol=0)
+    with torch.autocast("cpu", torch.bfloat16):
+        kernel = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    assert (kernel != got).any()
+    fp32 = torch.randn(1, 2, 5, 8, generator=g)
+    torch.testing.assert_close(attend(fp32, fp32, fp32), F.scaled_dot_product_attention(fp32, fp32, fp32))
 
 
 def test_presets_sizes_and_wrap_units():
