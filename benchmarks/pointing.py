@@ -18,6 +18,10 @@ within 6 cm of any cup's centre: finding cups at all, whatever their colour.
   vectors, the prompt's colour word modulating the middle one (FiLM, as in RT-1), and a linear read-out of
   the whole grid. It is told the colour word as one of seven ids, not the prompt's bytes.
 
+Candidate inputs for the transformer (``--stem``, ``--trunk``, ``--film``; ``--condition`` says whether they
+see the colour id or the prompt's bytes) and ``--attention kernel`` (torch's bf16 attention kernel instead of
+the model's fp32 one) are what the README's tables compare.
+
 Scenes are rendered fresh (about 2 ms each) from seeds disjoint from the demo's demonstrations (from 0) and
 evaluation (from 100,000): training from ``--seed-start``, held-out from ``--test-seed-start``.
 """
@@ -38,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
+import robotok.policy.model
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
 from robotok.policy.model import Transformer, fsq_code_vectors, preset
 from robotok.sim_envs.pick_cup import CUP_AREA_HI, CUP_AREA_LO, CUP_COLORS
@@ -71,9 +76,26 @@ class BenchConfig:
     stem: bool = False
     """Add to each video token's input embedding two 3x3 convolutions over the frame's code-vector grid and a
     learned embedding of its cell (a candidate input for the policy; not in robotok.policy)."""
+    film: bool = False
+    """Scale and shift each video token's input embedding by an MLP of the condition (zero-initialised, so that
+    it starts as the identity): the colour-to-patch comparison the CNN gets from its FiLM layer."""
+    trunk: bool = False
+    """Add to each video token's input embedding the CNN baseline's trunk (two 3x3 convolutions over the frame's
+    code-vector grid, FiLM by the condition, a third convolution to the model width) and a learned embedding of
+    its cell: the CNN's reading of the tokens, with the transformer in place of its linear read-out."""
+    condition: str = "prompt"
+    """What ``--film`` and ``--trunk`` are conditioned on: ``prompt`` (the mean input embedding of the prompt's
+    bytes, through an MLP: what a policy has) or ``color`` (the colour word as one of seven ids, as the CNN)."""
     test_scenes: int = 1000
     seed_start: int = 1_000_000
     test_seed_start: int = 500_000
+    dtype: str = "bf16"
+    """Autocast dtype of training and scoring: bf16 (the trainer's choice on CPUs that multiply bf16) or fp32."""
+    seed: int = 0
+    """Seed of the models' initialisation and of the batch order."""
+    attention: str = "fp32"
+    """``fp32``: the model's own attention (``robotok.policy.model.attend``: fp32 on the CPU under bf16 autocast);
+    ``kernel``: torch's bf16 kernel under bf16 autocast, what the model used before, for comparison."""
     threads: int = 0
     """torch threads (0: torch's default)."""
     out: Path = Path("")
@@ -140,7 +162,16 @@ class Pointer(nn.Module):
     """The policy's transformer with a linear head over grid cells at the last position (ACT_OPEN)."""
 
     def __init__(
-        self, name: str, space: TokenSpace, levels: tuple[int, ...], seq_len: int, grid: tuple[int, int], stem: bool
+        self,
+        name: str,
+        space: TokenSpace,
+        levels: tuple[int, ...],
+        seq_len: int,
+        grid: tuple[int, int],
+        stem: bool,
+        film: bool = False,
+        trunk: bool = False,
+        condition: str = "prompt",
     ):
         super().__init__()
         cfg = preset(
@@ -154,16 +185,58 @@ class Pointer(nn.Module):
                 nn.Conv2d(len(levels), 64, 3, padding=1), nn.ReLU(), nn.Conv2d(64, cfg.d_model, 3, padding=1)
             )
             self.cell = nn.Parameter(torch.randn(grid[0] * grid[1], cfg.d_model) * 0.02)
+        self.text, self.by_color = (space.text_start, space.state_start), condition == "color"
+        d = cfg.d_model
+        self.film = None
+        if film:  # the condition vector (the colour id's embedding, or an MLP of the pooled prompt), then FiLM
+            self.cond = (
+                nn.Embedding(len(COLORS), d)
+                if self.by_color
+                else nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+            )
+            self.film = nn.Linear(d, 2 * d)
+            nn.init.zeros_(self.film.weight)
+            nn.init.zeros_(self.film.bias)
+        self.trunk = None
+        if trunk:
+            self.trunk = nn.ModuleDict(
+                {
+                    "c1": nn.Conv2d(len(levels), 64, 3, padding=1),
+                    "c2": nn.Conv2d(64, 64, 3, padding=1),
+                    # the colour id's scale and shift directly (as the CNN), or an MLP of the pooled prompt
+                    "film": (
+                        nn.Embedding(len(COLORS), 128)
+                        if self.by_color
+                        else nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, 128))
+                    ),
+                    "c3": nn.Conv2d(64, d, 3, padding=1),
+                }
+            )
+            if self.by_color:
+                nn.init.normal_(self.trunk["film"].weight, std=0.1)  # scale near 1, shift near 0 at the start
+            self.trunk_cell = nn.Parameter(torch.randn(grid[0] * grid[1], d) * 0.02)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
         m, t = self.body, ids.shape[1]
         x = m.embed(ids)
-        if self.stem is not None:  # the frame's h*w video ids sit before FRAME_CLOSE ACT_OPEN
-            (h, w), d = self.grid, m.video_vecs.shape[1]
-            video = slice(t - 2 - h * w, t - 2)
-            vecs = m.video_vecs[ids[:, video] - m.cfg.video_start].view(-1, h, w, d)
-            local = self.stem(vecs.permute(0, 3, 1, 2).to(x.dtype)).flatten(2).transpose(1, 2)
-            x = torch.cat([x[:, : video.start], x[:, video] + local.to(x.dtype) + self.cell, x[:, video.stop :]], 1)
+        (h, w), d = self.grid, m.video_vecs.shape[1]
+        video = slice(t - 2 - h * w, t - 2)  # the frame's h*w video ids sit before FRAME_CLOSE ACT_OPEN
+        grid = m.video_vecs[ids[:, video] - m.cfg.video_start].view(-1, h, w, d).permute(0, 3, 1, 2).to(x.dtype)
+        is_text = ((ids >= self.text[0]) & (ids < self.text[1])).unsqueeze(-1).to(x.dtype)
+        pooled = (x * is_text).sum(1) / is_text.sum(1).clamp_min(1)  # mean input embedding of the prompt's bytes
+        add = torch.zeros_like(x[:, video])
+        if self.stem is not None:
+            add = add + self.stem(grid).flatten(2).transpose(1, 2).to(x.dtype) + self.cell
+        if self.trunk is not None:
+            tr = self.trunk
+            gamma, beta = tr["film"](color if self.by_color else pooled).chunk(2, -1)
+            f = tr["c2"](F.relu(tr["c1"](grid)))
+            f = tr["c3"](F.relu(f * (1 + gamma[..., None, None]) + beta[..., None, None]))
+            add = add + f.flatten(2).transpose(1, 2).to(x.dtype) + self.trunk_cell
+        if self.film is not None:
+            gamma, beta = self.film(self.cond(color if self.by_color else pooled)).unsqueeze(1).chunk(2, -1)
+            add = add + x[:, video] * gamma + beta
+        x = torch.cat([x[:, : video.start], x[:, video] + add, x[:, video.stop :]], 1)
         for block in m.blocks:
             x = block(x, m.rope_cos[:t], m.rope_sin[:t])
         return self.head(m.norm(x[:, -1]))
@@ -193,14 +266,14 @@ def train_and_score(
         model(*(x[:2] for x in inputs))  # materialise lazy layers before the optimiser takes the parameters
     params = list(model.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.1, betas=(0.9, 0.95))
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     for step in range(1, cfg.steps + 1):
         lr = cfg.lr * min(1.0, step / 100) * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         for g in opt.param_groups:
             g["lr"] = lr
         i = torch.randint(len(labels), (cfg.batch_size,), generator=gen)
-        with torch.autocast("cpu", torch.bfloat16):
+        with torch.autocast("cpu", torch.bfloat16, enabled=cfg.dtype == "bf16"):
             loss = F.cross_entropy(model(*(x[i] for x in inputs)).float(), labels[i])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,7 +281,7 @@ def train_and_score(
         opt.step()
     seconds = time.perf_counter() - t0
     model.eval()
-    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16):
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=cfg.dtype == "bf16"):
         n = len(test["target"])
         logits = torch.cat([model(*(x[j : j + 250] for x in test_inputs)).float() for j in range(0, n, 250)])
     labels_test = torch.from_numpy(cell_of(test["cups"][np.arange(n), test["target"]]))
@@ -223,6 +296,14 @@ def train_and_score(
 def main() -> None:
     cfg = tyro.cli(BenchConfig)
     bad = sorted(set(cfg.models) - {"transformer", "cnn"})
+    if cfg.condition not in ("prompt", "color"):
+        raise SystemExit(f"pointing.py: error: --condition prompt or color (got {cfg.condition!r})")
+    if cfg.attention not in ("fp32", "kernel"):
+        raise SystemExit(f"pointing.py: error: --attention fp32 or kernel (got {cfg.attention!r})")
+    if cfg.attention == "kernel":
+        robotok.policy.model.attend = F.scaled_dot_product_attention  # the module-level name Attention calls
+    if cfg.dtype not in ("bf16", "fp32"):
+        raise SystemExit(f"pointing.py: error: --dtype bf16 or fp32 (got {cfg.dtype!r})")
     if bad or not cfg.scenes or min(cfg.scenes) < 1:
         raise SystemExit(f"pointing.py: error: --models from transformer, cnn (got {bad}); --scenes positive ints")
     if cfg.threads:
@@ -247,13 +328,26 @@ def main() -> None:
     rows = []
     for n in cfg.scenes:
         for name in cfg.models:
-            torch.manual_seed(0)
+            torch.manual_seed(cfg.seed)
             if name == "transformer":
                 seq = sequences(space, train_all["prompts"][:n], codes_all[:n])
                 length = max(seq.shape[1], seq_test.shape[1])
                 seq, seq_t = (F.pad(s, (length - s.shape[1], 0)) for s in (seq, seq_test))  # left, with PAD = 0
-                model: nn.Module = Pointer(cfg.preset, space, tuple(vt.cfg.levels), length, vt.grid, cfg.stem)
-                r = train_and_score(model, (seq,), labels_all[:n], (seq_t,), test, cfg)
+                model: nn.Module = Pointer(
+                    cfg.preset,
+                    space,
+                    tuple(vt.cfg.levels),
+                    length,
+                    vt.grid,
+                    cfg.stem,
+                    cfg.film,
+                    cfg.trunk,
+                    cfg.condition,
+                )
+                color = torch.from_numpy(train_all["color"][:n])
+                r = train_and_score(
+                    model, (seq, color), labels_all[:n], (seq_t, torch.from_numpy(test["color"])), test, cfg
+                )
             else:
                 grid = vecs[torch.from_numpy(codes_all[:n])].permute(0, 3, 1, 2).contiguous()
                 color = torch.from_numpy(train_all["color"][:n])
