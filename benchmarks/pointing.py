@@ -80,9 +80,11 @@ class BenchConfig:
     """Scale and shift each video token's input embedding by an MLP of the condition (zero-initialised, so that
     it starts as the identity): the colour-to-patch comparison the CNN gets from its FiLM layer."""
     trunk: bool = False
-    """Add to each video token's input embedding the CNN baseline's trunk (two 3x3 convolutions over the frame's
+    """Add to each video token's input embedding the CNN baseline's layers (two 3x3 convolutions over the frame's
     code-vector grid, FiLM by the condition, a third convolution to the model width) and a learned embedding of
-    its cell: the CNN's reading of the tokens, with the transformer in place of its linear read-out."""
+    its cell: the CNN's reading of the tokens, with the transformer in place of its linear read-out. Unlike
+    ``FiLMCNN`` its FiLM scales by 1 + gamma (near the identity at the start) and the third convolution's output
+    goes to the transformer without a ReLU; ``FiLMCNN`` stays as its recorded results were measured."""
     condition: str = "prompt"
     """What ``--film`` and ``--trunk`` are conditioned on: ``prompt`` (the mean input embedding of the prompt's
     bytes, through an MLP: what a policy has) or ``color`` (the colour word as one of seven ids, as the CNN)."""
