@@ -85,6 +85,11 @@ class BenchConfig:
     its cell: the CNN's reading of the tokens, with the transformer in place of its linear read-out. Unlike
     ``FiLMCNN`` its FiLM scales by 1 + gamma (near the identity at the start) and the third convolution's output
     goes to the transformer without a ReLU; ``FiLMCNN`` stays as its recorded results were measured."""
+    model_stem: int = 0
+    """``ModelConfig.video_stem`` (with the cell embedding, ``video_grid``): the policy's own frame stem, as
+    ``robotok-train`` builds it (0: off)."""
+    model_film: int = 0
+    """``ModelConfig.prompt_film``: the policy's own prompt encoder conditioning that stem (needs --model-stem)."""
     condition: str = "prompt"
     """What ``--film`` and ``--trunk`` are conditioned on: ``prompt`` (the mean input embedding of the prompt's
     bytes, through an MLP: what a policy has) or ``color`` (the colour word as one of seven ids, as the CNN)."""
@@ -174,10 +179,18 @@ class Pointer(nn.Module):
         film: bool = False,
         trunk: bool = False,
         condition: str = "prompt",
+        model_stem: int = 0,
+        model_film: int = 0,
     ):
         super().__init__()
+        own = {"video_grid": grid, "video_stem": model_stem, "prompt_film": model_film} if model_stem else {}
         cfg = preset(
-            name, vocab_size=space.vocab_size, max_seq_len=seq_len, video_start=space.video_start, video_levels=levels
+            name,
+            vocab_size=space.vocab_size,
+            max_seq_len=seq_len,
+            video_start=space.video_start,
+            video_levels=levels,
+            **own,
         )
         self.body = Transformer(cfg)
         self.head = nn.Linear(cfg.d_model, GRID * GRID)
@@ -220,7 +233,7 @@ class Pointer(nn.Module):
 
     def forward(self, ids: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
         m, t = self.body, ids.shape[1]
-        x = m.embed(ids)
+        x = m.embed(ids)[0]
         (h, w), d = self.grid, m.video_vecs.shape[1]
         video = slice(t - 2 - h * w, t - 2)  # the frame's h*w video ids sit before FRAME_CLOSE ACT_OPEN
         grid = m.video_vecs[ids[:, video] - m.cfg.video_start].view(-1, h, w, d).permute(0, 3, 1, 2).to(x.dtype)
@@ -345,6 +358,8 @@ def main() -> None:
                     cfg.film,
                     cfg.trunk,
                     cfg.condition,
+                    cfg.model_stem,
+                    cfg.model_film,
                 )
                 color = torch.from_numpy(train_all["color"][:n])
                 r = train_and_score(

@@ -202,6 +202,10 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.warmup),
                 "--frame-loss-weight",
                 str(p.frame_loss_weight),
+                "--video-stem",
+                str(p.video_stem),
+                "--prompt-film",
+                str(p.prompt_film),
                 "--device",
                 p.device,
             ]

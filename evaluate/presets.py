@@ -63,6 +63,8 @@ class Preset:
     sweep_episodes: int  # seeds of the prompt-grounding sweep, per env (each run once per candidate target)
     eval_workers: int
     videos: int
+    video_stem: int = 64  # channels of the policy's convolution stem over observed frames (0: none)
+    prompt_film: int = 0  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
     device: str = "cpu"
 
 

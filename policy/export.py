@@ -47,6 +47,7 @@ import torch
 from tyro.conf import Positional
 
 from robotok.policy import runtime
+from robotok.tokenizers.space import ACT_OPEN, STATE_CLOSE, STATE_OPEN
 
 OPSET = 17
 GRAPHS = {"video_encoder": "video_encoder.onnx", "prefill": "prefill.onnx", "decode": "decode.onnx"}
@@ -54,17 +55,18 @@ PROG = "robotok-export"
 
 
 class LastLogits(torch.nn.Module):
-    """``Transformer.forward_kv`` returning only the last position's logits (all that decoding reads)."""
+    """``Transformer.forward_kv`` returning only the last position's logits (all that decoding reads); a model
+    that conditions its frame stem on the prompt (``prompt_film``) takes and returns the prompt's encoding too."""
 
     def __init__(self, model: torch.nn.Module):
         super().__init__()
         self.model = model
 
     def forward(
-        self, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits, k, v = self.model.forward_kv(idx, pos, k_cache, v_cache)
-        return logits[:, -1], k, v
+        self, idx: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, *cond: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        logits, k, v, c = self.model.forward_kv(idx, pos, k_cache, v_cache, cond[0] if cond else None)
+        return (logits[:, -1], k, v) if c is None else (logits[:, -1], k, v, c)
 
 
 def _onnx_export(
@@ -110,11 +112,14 @@ def export_transformer(model: torch.nn.Module, out_dir: Path, opset: int = OPSET
     shape = (cfg.n_layer, 1, cfg.n_head, min(cfg.max_seq_len, 64), cfg.head_dim)
     k = v = torch.zeros(shape)
     names, outs = ["idx", "pos", "k_cache", "v_cache"], ["logits", "k_out", "v_out"]
+    cond = (torch.zeros(1, cfg.prompt_film),) if cfg.prompt_film else ()
+    if cond:  # the prompt's encoding travels with the caches (see robotok.policy.model.KVCache)
+        names, outs = [*names, "cond"], [*outs, "cond_out"]
     cache_axes = {name: {3: "L"} for name in ("k_cache", "v_cache", "k_out", "v_out")}
     for name, t, axes in (("prefill", 3, {"idx": {1: "T"}}), ("decode", 1, {})):
         _onnx_export(
             wrapped,
-            (torch.zeros(1, t, dtype=torch.long), torch.tensor(0), k, v),
+            (torch.zeros(1, t, dtype=torch.long), torch.tensor(0), k, v, *cond),
             out_dir / GRAPHS[name],
             names,
             outs,
@@ -155,30 +160,58 @@ def action_tokenizer_json(tok_dir: Path) -> dict[str, Any]:
     return cfg
 
 
-def check_graphs(model: torch.nn.Module, out_dir: Path, context_len: int, seed: int = 0) -> dict[str, float]:
-    """Largest |logit| difference between torch and the exported prefill/decode graphs on random ids."""
+def check_ids(space: Any, cameras: int, grid: tuple[int, int], seed: int = 0) -> tuple[list[int], ...]:
+    """A grammar-shaped sample in three calls, as the runtime makes them: the prompt prefix, one observed step
+    with ACT_OPEN, one action id (random codes, state bins and action id)."""
+    rng = np.random.default_rng(seed)
+    codes = [rng.integers(0, space.video_vocab, grid) for _ in range(cameras)]
+    emb = space.embodiments[0] if space.embodiments else None
+    dim = emb.state_dim if emb is not None else 1
+    state = [space.state_start + int(b) for b in rng.integers(0, space.state_bins, dim)]
+    step = [*space.frame(codes), STATE_OPEN, *state, STATE_CLOSE, ACT_OPEN]
+    r = space.action_ranges[emb.action_range if emb is not None else 0]
+    return space.encode_prompt("pick up the red cup"), step, [r.start + int(rng.integers(0, r.size))]
+
+
+def check_graphs(
+    model: torch.nn.Module, out_dir: Path, context_len: int, seed: int = 0, chunks: tuple[list[int], ...] = ()
+) -> dict[str, float]:
+    """Largest |logit| difference between torch and the exported prefill/decode graphs, fed ``chunks`` one call
+    each (the last one must be a single id, for the decode graph), or else ``context_len`` random ids and one more."""
     import onnxruntime as ort
 
     cfg = model.cfg
-    rng = np.random.default_rng(seed)
-    n = max(2, min(context_len, cfg.max_seq_len - 2))
-    ids = rng.integers(0, cfg.vocab_size, n + 1)
+    if not chunks:
+        rng = np.random.default_rng(seed)
+        n = max(2, min(context_len, cfg.max_seq_len - 2))
+        ids = rng.integers(0, cfg.vocab_size, n + 1)
+        chunks = (ids[:n].tolist(), ids[n:].tolist())
+    if len(chunks[-1]) != 1:
+        raise ValueError("the last chunk goes through the decode graph: one id")
+    ids = np.asarray([i for c in chunks for i in c], np.int64)
     with torch.no_grad():
-        ref = model(torch.from_numpy(ids)[None])[0][0].numpy()  # [n + 1, V]
-    zeros = np.zeros((cfg.n_layer, 1, cfg.n_head, n + 1, cfg.head_dim), np.float32)
+        ref = model(torch.from_numpy(ids)[None])[0][0].numpy()  # [n, V]
+    k = v = np.zeros((cfg.n_layer, 1, cfg.n_head, len(ids), cfg.head_dim), np.float32)
+    cond = np.zeros((1, cfg.prompt_film), np.float32)
     run = {
         g: ort.InferenceSession(str(out_dir / GRAPHS[g]), providers=["CPUExecutionProvider"]).run
         for g in ("prefill", "decode")
     }
-    logits, k, v = run["prefill"](
-        None, {"idx": ids[None, :n], "pos": np.array(0, np.int64), "k_cache": zeros, "v_cache": zeros}
-    )
-    step, _, _ = run["decode"](None, {"idx": ids[None, n:], "pos": np.array(n, np.int64), "k_cache": k, "v_cache": v})
+    pos, diffs = 0, {"prefill": 0.0, "decode": 0.0}
+    for i, chunk in enumerate(chunks):
+        graph = "decode" if i == len(chunks) - 1 else "prefill"
+        feed = {"idx": np.asarray([chunk], np.int64), "pos": np.array(pos, np.int64), "k_cache": k, "v_cache": v}
+        if cfg.prompt_film:
+            feed["cond"] = cond
+        logits, k, v, *rest = run[graph](None, feed)
+        cond = rest[0] if rest else cond
+        pos += len(chunk)
+        diffs[graph] = max(diffs[graph], float(np.abs(logits[0] - ref[pos - 1]).max()))
     return {
-        "prefill_max_abs_logit_diff": float(np.abs(logits[0] - ref[n - 1]).max()),
-        "decode_max_abs_logit_diff": float(np.abs(step[0] - ref[n]).max()),
+        "prefill_max_abs_logit_diff": diffs["prefill"],
+        "decode_max_abs_logit_diff": diffs["decode"],
         "logit_scale": float(np.abs(ref).max()),
-        "tokens": n + 1,
+        "tokens": len(ids),
     }
 
 
@@ -219,7 +252,8 @@ def export_bundle(
     try:
         export_video_encoder(video, stage / GRAPHS["video_encoder"], opset)
         export_transformer(model, stage, opset)
-        checks = check_graphs(model, stage, int(policy.get("seq_len", 64))) if check else {}
+        chunks = check_ids(space, len(policy.get("cameras", [])), video.grid) if model.cfg.video_grid else ()
+        checks = check_graphs(model, stage, int(policy.get("seq_len", 64)), chunks=chunks) if check else {}
         if checks and checks["prefill_max_abs_logit_diff"] + checks["decode_max_abs_logit_diff"] > 1e-3:
             raise RuntimeError(f"exported graphs disagree with torch: {checks}")
         if int8:
@@ -229,7 +263,7 @@ def export_bundle(
                 checks.update(
                     {
                         f"int8_{k}": v
-                        for k, v in check_graphs(model, stage, checks["tokens"] - 1).items()
+                        for k, v in check_graphs(model, stage, checks["tokens"] - 1, chunks=chunks).items()
                         if k.endswith("diff")
                     }
                 )
@@ -264,6 +298,7 @@ def export_bundle(
                 "head_dim": mc.head_dim,
                 "d_model": mc.d_model,
                 "max_seq_len": mc.max_seq_len,
+                "prompt_cond": mc.prompt_film,
             },
             "video": {
                 "image_size": list(video.cfg.image_size),

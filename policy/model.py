@@ -15,6 +15,8 @@ Conventions:
   whole ``T_max`` under a position mask, static shapes) so it can be exported as a single-step decode
   graph; ``forward_cached(idx, cache)`` writes into a preallocated ``KVCache`` in place and attends only
   to the filled prefix, for speed in torch.
+- Frame inputs (``robotok.policy.frame_stem``, off unless the config sets them): a video id's input embedding
+  adds its cell's embedding and, in observed frames, a small prompt-conditioned CNN's reading of the frame.
 - FSDP2 wrap units: every element of ``model.blocks`` (a ``Block``); the root unit keeps the tied
   embedding and the final norm. See ``robotok.policy.train``.
 
@@ -31,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+
+from robotok.policy.frame_stem import FrameStem, frame_layout
 
 
 @dataclass(frozen=True)
@@ -60,9 +64,26 @@ class ModelConfig:
     video_levels: tuple[int, ...] = ()
     """FSQ levels of the video tokenizer: when set, a video id's input embedding adds a learned projection of
     its code's latent vector (``fsq_code_vectors``), so codes that look alike start alike (see Transformer)."""
+    video_grid: tuple[int, ...] = ()
+    """(h, w): one camera's code grid. When set, every video id of a frame adds a learned embedding of its cell
+    (``robotok.policy.frame_stem.frame_layout``): rotary positions tell attention how far apart two tokens
+    are, but an attended value carries no position, so without it the model can see a cup and not say where."""
+    video_stem: int = 0
+    """Channels of two 3x3 convolutions over each observed frame's grid of code vectors, added to its video
+    ids' input embeddings (0: none; needs ``video_levels`` and ``video_grid``); ``frame_stem.FrameStem``."""
+    prompt_film: int = 0
+    """Width of a small encoder of the prompt's bytes whose output scales and shifts the stem's second layer
+    (FiLM), so the stem compares each patch with what the prompt names (0: none; needs ``video_stem``)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
+        object.__setattr__(self, "video_grid", tuple(int(v) for v in self.video_grid))
+        if self.video_grid and (len(self.video_grid) != 2 or min(self.video_grid) < 1):
+            raise ValueError(f"video_grid must be (h, w) of positive sizes, got {self.video_grid}")
+        if self.video_stem and not (self.video_levels and self.video_grid):
+            raise ValueError("video_stem needs video_levels and video_grid (the stem reads code vectors on the grid)")
+        if self.prompt_film and not self.video_stem:
+            raise ValueError("prompt_film conditions the frame stem: set video_stem too")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
@@ -223,12 +244,20 @@ class KVCache:
     """Preallocated keys/values of every layer, ``[n_layer, B, n_head, max_len, head_dim]``, and the next position.
 
     ``pos`` may be moved back (``truncate``) to reuse a cached prefix: entries at or after it are ignored
-    and overwritten by the next ``forward_cached``.
+    and overwritten by the next ``forward_cached``. ``frame_open`` ([B] int64, -1: none) is the position of
+    the last FRAME_OPEN written, so that a frame fed one id at a time still knows each id's cell; ``cond``
+    ([B, prompt_film]) is the prompt's encoding, so that frames fed after a cached prompt are conditioned on it.
     """
 
     k: Tensor
     v: Tensor
     pos: int = 0
+    frame_open: Tensor | None = None
+    cond: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.frame_open is None:
+            self.frame_open = torch.full((self.k.shape[1],), -1, dtype=torch.long, device=self.k.device)
 
     @property
     def max_len(self) -> int:
@@ -238,9 +267,13 @@ class KVCache:
         if not 0 <= pos <= self.pos:
             raise ValueError(f"cannot truncate a cache at position {self.pos} to {pos}")
         self.pos = pos
+        self.frame_open = self.frame_open.masked_fill(self.frame_open >= pos, -1)
+        if pos == 0:
+            self.cond = None
 
     def clone(self) -> KVCache:
-        return KVCache(self.k.clone(), self.v.clone(), self.pos)
+        cond = None if self.cond is None else self.cond.clone()
+        return KVCache(self.k.clone(), self.v.clone(), self.pos, self.frame_open.clone(), cond)
 
 
 def weighted_cross_entropy(
@@ -291,6 +324,9 @@ class Transformer(nn.Module):
                 )
             self.register_buffer("video_vecs", vecs, persistent=False)  # derived from cfg; not saved
             self.video_proj = nn.Linear(len(cfg.video_levels), cfg.d_model, bias=False)
+        if cfg.video_grid:
+            self.cell_emb = nn.Embedding(cfg.video_grid[0] * cfg.video_grid[1], cfg.d_model)
+        self.stem = FrameStem(cfg) if cfg.video_stem else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -307,20 +343,39 @@ class Transformer(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=std)
             else:
                 nn.init.ones_(p)
+        if self.stem is not None:  # a CNN's own (Kaiming-uniform) initialisation, biases included
+            self.stem.reset_parameters()
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def embed(self, idx: Tensor) -> Tensor:
-        """Input embeddings [B, T, d] of ids [B, T] (see the class docstring for video ids)."""
+    def embed(
+        self,
+        idx: Tensor,
+        pos0: Tensor | None = None,
+        open_before: Tensor | None = None,
+        cond_before: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """Input embeddings [B, T, d] of ids [B, T] at positions pos0.. (see the class docstring), the
+        ``open_after`` of ``frame_layout`` (None without ``video_grid``) and the prompt's encoding to carry
+        (``FrameStem.encode_prompt``; None without ``prompt_film``)."""
         x = self.tok_emb(idx)
+        vec = None
         if self.cfg.video_levels:
             n = self.video_vecs.shape[0]
             rel = idx - self.cfg.video_start
-            is_video = ((rel >= 0) & (rel < n)).unsqueeze(-1)
-            vec = self.video_vecs[rel.clamp(0, n - 1)].to(x.dtype)
-            x = x + self.video_proj(vec) * is_video.to(x.dtype)
-        return x
+            is_video = ((rel >= 0) & (rel < n)).unsqueeze(-1).to(x.dtype)
+            vec = self.video_vecs[rel.clamp(0, n - 1)].to(x.dtype) * is_video
+            x = x + self.video_proj(vec)
+        if not self.cfg.video_grid:
+            return x, None, None
+        pos0 = torch.zeros((), dtype=torch.long, device=idx.device) if pos0 is None else pos0
+        cell, in_frame, observed, open_after = frame_layout(idx, pos0, open_before, self.cfg.video_grid)
+        x = x + self.cell_emb(cell) * in_frame.unsqueeze(-1).to(x.dtype)
+        cond = self.stem.encode_prompt(idx, pos0, cond_before) if self.cfg.prompt_film else None
+        if self.stem is not None:
+            x = x + self.stem(vec, cell, observed, cond).to(x.dtype)
+        return x, open_after, cond
 
     def _head(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding
@@ -340,7 +395,7 @@ class Transformer(nn.Module):
         """
         b, t = idx.shape
         assert t <= self.cfg.max_seq_len, f"sequence length {t} > max_seq_len {self.cfg.max_seq_len}"
-        x = self.drop(self.embed(idx))
+        x = self.drop(self.embed(idx)[0])
         cos, sin = self.rope_cos[:t], self.rope_sin[:t]
         for block in self.blocks:
             x = block(x, cos, sin)
@@ -355,14 +410,22 @@ class Transformer(nn.Module):
         return logits, loss
 
     def _decode(
-        self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | None, inplace: bool
-    ) -> tuple[Tensor, Tensor, Tensor]:
+        self,
+        idx: Tensor,
+        pos: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        length: int | None,
+        inplace: bool,
+        open_before: Tensor | None = None,
+        cond_before: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         b, t = idx.shape
         positions = pos.reshape(()).to(torch.long) + torch.arange(t, device=idx.device)  # [T]
         length = k_cache.shape[3] if length is None else length
         mask = torch.arange(length, device=idx.device)[None, :] <= positions[:, None]  # [T, L]
         cos, sin = self.rope_cos[positions], self.rope_sin[positions]
-        x = self.embed(idx)
+        x, open_after, cond = self.embed(idx, pos, open_before, cond_before)
         ks, vs = [], []
         for i, block in enumerate(self.blocks):
             x, k_i, v_i = block.forward_kv(x, cos, sin, mask, positions, k_cache[i], v_cache[i], inplace)
@@ -370,15 +433,21 @@ class Transformer(nn.Module):
             vs.append(v_i)
         if not inplace:
             k_cache, v_cache = torch.stack(ks), torch.stack(vs)
-        return self._head(x), k_cache, v_cache
+        return self._head(x), k_cache, v_cache, open_after, cond
 
-    def forward_kv(self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward_kv(
+        self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, cond: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         """Pure incremental step: idx [B, T] at positions pos..pos+T-1 (pos: int64 scalar tensor).
 
-        k_cache, v_cache: [n_layer, B, n_head, T_max, head_dim]. Returns (logits [B, T, V], new k, new v);
-        the inputs are not modified. Static shapes throughout, for export as a decode graph.
+        k_cache, v_cache: [n_layer, B, n_head, T_max, head_dim]; cond: the prompt's encoding from an earlier step
+        (``cfg.prompt_film``; None: zeros). Returns (logits [B, T, V], new k, new v, new cond or None); the inputs
+        are not modified. Static shapes throughout, for export as a decode graph. A frame's ids must come in one
+        call with its FRAME_OPEN (the decode graph is fed whole observations; ``forward_cached`` carries an open
+        frame across calls).
         """
-        return self._decode(idx, pos, k_cache, v_cache, length=None, inplace=False)
+        logits, k, v, _, cond = self._decode(idx, pos, k_cache, v_cache, None, False, None, cond)
+        return logits, k, v, cond
 
     def new_cache(
         self,
@@ -403,7 +472,12 @@ class Transformer(nn.Module):
         if cache.pos + t > cache.max_len:
             raise ValueError(f"cache full: position {cache.pos} + {t} tokens > {cache.max_len}")
         pos = torch.tensor(cache.pos, device=idx.device)
-        logits, _, _ = self._decode(idx, pos, cache.k, cache.v, length=cache.pos + t, inplace=True)
+        logits, _, _, open_after, cond = self._decode(
+            idx, pos, cache.k, cache.v, cache.pos + t, True, cache.frame_open, cache.cond
+        )
+        if open_after is not None:
+            cache.frame_open = open_after
+        cache.cond = cond
         cache.pos += t
         return logits
 

@@ -310,7 +310,7 @@ class RobotPolicy:
         self.chunk_latencies_ms: list[float] = []
         self.last_action_ids: list[int] = []
         self.last_goal_ids: list[int] = []
-        self._prefix: tuple[list[int], np.ndarray, np.ndarray] | None = None  # prompt prefix ids, its k/v caches
+        self._prefix: tuple[list[int], tuple[np.ndarray, ...]] | None = None  # prompt prefix ids, its cache
         self._masks: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
         self.reset()
 
@@ -452,20 +452,26 @@ class RobotPolicy:
             self._masks[key] = (m, bool(m[close] and m.sum() == 1))
         return self._masks[key]
 
-    def _run(self, ids: list[int], pos: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, ...]:
+    def _run(
+        self, ids: list[int], pos: int, cache: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+        """Logits after ``ids`` at ``pos``, and the new cache: (k, v), and the prompt's encoding when the model
+        conditions its frame stem on the prompt (manifest ``model.prompt_cond`` > 0)."""
         graph = "decode" if len(ids) == 1 else "prefill"
         feed = {
             "idx": np.asarray([ids], dtype=np.int64),
             "pos": np.asarray(pos, dtype=np.int64),
-            "k_cache": k,
-            "v_cache": v,
+            "k_cache": cache[0],
+            "v_cache": cache[1],
         }
-        logits, k, v = self.sessions[graph].run(None, feed)
-        return logits[0], k, v
+        if len(cache) > 2:
+            feed["cond"] = cache[2]
+        logits, *new = self.sessions[graph].run(None, feed)
+        return logits[0], tuple(new)
 
-    def _prefix_cache(self, prefix: list[int], need: int) -> tuple[np.ndarray, np.ndarray]:
-        """k/v caches holding the prompt prefix; rebuilt for a new prompt or a longer context."""
-        if self._prefix is None or self._prefix[0] != prefix or self._prefix[1].shape[3] < need:
+    def _prefix_cache(self, prefix: list[int], need: int) -> tuple[np.ndarray, ...]:
+        """The cache holding the prompt prefix; rebuilt for a new prompt or a longer context."""
+        if self._prefix is None or self._prefix[0] != prefix or self._prefix[1][0].shape[3] < need:
             size = max(need, min(int(self.config.get("seq_len", 0)), int(self.model["max_seq_len"])))
             if size > int(self.model["max_seq_len"]):
                 raise ValueError(
@@ -474,21 +480,23 @@ class RobotPolicy:
                 )
             m = self.model
             zeros = np.zeros((m["n_layer"], 1, m["n_head"], size, m["head_dim"]), dtype=np.float32)
-            _, k, v = self._run(prefix, 0, zeros, zeros)
-            self._prefix = (prefix, k, v)
-        return self._prefix[1], self._prefix[2]
+            cond = int(m.get("prompt_cond", 0))
+            empty = (zeros, zeros, np.zeros((1, cond), np.float32)) if cond else (zeros, zeros)
+            _, cache = self._run(prefix, 0, empty)
+            self._prefix = (prefix, cache)
+        return self._prefix[1]
 
     def generate(self, context: list[int], action_range: int) -> list[int]:
         """Greedy action ids after ``context`` (which ends with ACT_OPEN), ACT_CLOSE excluded."""
         r = self.action_ranges[action_range]
         n_prefix = context.index(self.special["SEP"]) + 1
-        k, v = self._prefix_cache(context[:n_prefix], len(context) + r["max_length"])
+        cache = self._prefix_cache(context[:n_prefix], len(context) + r["max_length"])
         feed, pos, out = context[n_prefix:], n_prefix, []
         while True:
             mask, only_close = self._mask(len(out), action_range)
             if only_close:  # the grammar leaves nothing else: no model call
                 return out
-            logits, k, v = self._run(feed, pos, k, v)
+            logits, cache = self._run(feed, pos, cache)
             pos += len(feed)
             tok = int(np.argmax(np.where(mask, logits, -np.inf)))
             if tok == self.special["ACT_CLOSE"]:
@@ -505,11 +513,11 @@ class RobotPolicy:
         out = [*context[:-1], sp["STATE_OPEN"]]
         dim = int(self.embodiments[embodiment]["state_dim"])
         n_prefix = out.index(sp["SEP"]) + 1
-        k, v = self._prefix_cache(out[:n_prefix], len(out) + dim)
+        cache = self._prefix_cache(out[:n_prefix], len(out) + dim)
         feed, pos, goal = out[n_prefix:], n_prefix, []
         lo, hi = self.state_start, self.state_start + self.state_bins
         for _ in range(dim):
-            logits, k, v = self._run(feed, pos, k, v)
+            logits, cache = self._run(feed, pos, cache)
             pos += len(feed)
             goal.append(lo + int(np.argmax(logits[lo:hi])))
             feed = goal[-1:]

@@ -75,6 +75,13 @@ class TrainConfig:
     """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
     video_code_embedding: bool = True
     """Embed video ids with a projection of their FSQ code vectors as well (ModelConfig.video_levels)."""
+    cell_embedding: bool = True
+    """Add a learned embedding of each video id's cell in its frame (ModelConfig.video_grid)."""
+    video_stem: int = 64
+    """Channels of the convolution stem over each observed frame's code vectors (ModelConfig.video_stem; 0: none).
+    Needs the code embedding and the cell embedding."""
+    prompt_film: int = 0
+    """Width of the prompt encoder that scales and shifts that stem (ModelConfig.prompt_film; 0: none)."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -205,17 +212,24 @@ def _stream(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> n
     return out
 
 
-def video_embedding(data: Path) -> dict[str, Any]:
+def video_embedding(data: Path, cells: bool = True, stem: int = 0, film: int = 0) -> dict[str, Any]:
     """``video_start`` and ``video_levels`` for ModelConfig from a shard directory ({} when it names no FSQ
-    video tokenizer)."""
+    video tokenizer); with ``cells`` also ``video_grid`` (the tokenizer's code grid), ``video_stem`` and
+    ``prompt_film``."""
     space_file, vt_file = Path(data) / "token_space.json", Path(data) / "tokenizers" / "video" / "config.json"
     if not (space_file.exists() and vt_file.exists()):  # shards written by other tools: plain embeddings
         return {}
     space = json.loads(space_file.read_text())
-    levels = json.loads(vt_file.read_text()).get("config", {}).get("levels")
+    vt = json.loads(vt_file.read_text()).get("config", {})
+    levels = vt.get("levels")
     if not levels or "video" not in space.get("ranges", {}):
         return {}
-    return {"video_start": int(space["ranges"]["video"][0]), "video_levels": tuple(int(v) for v in levels)}
+    out: dict[str, Any] = {"video_start": int(space["ranges"]["video"][0]), "video_levels": tuple(map(int, levels))}
+    if cells and vt.get("image_size") and vt.get("downsample"):
+        out["video_grid"] = tuple(int(s) // int(vt["downsample"]) for s in vt["image_size"])
+        out["video_stem"] = int(stem)
+        out["prompt_film"] = int(film) if stem else 0
+    return out
 
 
 def trimmed_length(tokens: np.ndarray) -> int:
@@ -273,7 +287,11 @@ class Trainer:
             cfg.preset,
             vocab_size=self.shards.vocab_size,
             max_seq_len=max(PRESETS[cfg.preset].max_seq_len, self.shards.seq_len),
-            **(video_embedding(cfg.data) if cfg.video_code_embedding else {}),
+            **(
+                video_embedding(cfg.data, cfg.cell_embedding, cfg.video_stem, cfg.prompt_film)
+                if cfg.video_code_embedding
+                else {}
+            ),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)

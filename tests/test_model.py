@@ -42,11 +42,11 @@ def test_pure_forward_kv_matches_and_leaves_inputs_alone(model):
     full, _ = model(idx)
     k = torch.zeros(cfg.n_layer, 1, cfg.n_head, 64, cfg.head_dim)
     v = torch.zeros_like(k)
-    logits_a, k1, v1 = model.forward_kv(idx[:, :25], torch.tensor(0), k, v)
+    logits_a, k1, v1, _ = model.forward_kv(idx[:, :25], torch.tensor(0), k, v)
     assert k.abs().sum() == 0 and v.abs().sum() == 0, "forward_kv must not write into its inputs"
     outs = [logits_a]
     for t in range(25, 30):
-        logits_t, k1, v1 = model.forward_kv(idx[:, t : t + 1], torch.tensor(t), k1, v1)
+        logits_t, k1, v1, _ = model.forward_kv(idx[:, t : t + 1], torch.tensor(t), k1, v1)
         outs.append(logits_t)
     torch.testing.assert_close(torch.cat(outs, 1), full, atol=1e-5, rtol=0)
 
@@ -134,7 +134,7 @@ def test_video_code_embedding_follows_the_fsq_codebook_and_keeps_the_cache_exact
     with torch.no_grad():
         m.video_proj.weight.normal_()
     ids = torch.tensor([[3, 49, 50, 85, 86, 99]])
-    delta = m.embed(ids) - m.tok_emb(ids)
+    delta = m.embed(ids)[0] - m.tok_emb(ids)
     assert delta[0, [0, 1, 4, 5]].abs().max() == 0  # not video ids: [50, 86) are
     torch.testing.assert_close(delta[0, 1 + 1], m.video_proj(vecs[0]))
     torch.testing.assert_close(delta[0, 3], m.video_proj(vecs[35]))

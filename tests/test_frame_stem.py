@@ -1,0 +1,152 @@
+"""The frame inputs of the policy transformer: cell embedding, convolution stem, prompt FiLM (policy/model.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from robotok.policy.export import check_graphs, export_transformer
+from robotok.policy.model import Transformer, preset
+from robotok.tokenizers.space import (
+    ACT_CLOSE,
+    ACT_OPEN,
+    BOS,
+    FRAME_CLOSE,
+    FRAME_OPEN,
+    SEP,
+    STATE_CLOSE,
+    STATE_OPEN,
+)
+
+VIDEO, LEVELS, GRID = 300, (8, 5, 5, 5), (4, 4)  # 1,000 video ids from 300; a 4x4 code grid
+STATE, ACTION = 280, 1400  # a state id (after the 256 text ids from 10) and an action id
+
+
+def make(film: int = 0, seed: int = 0) -> Transformer:
+    torch.manual_seed(seed)
+    cfg = preset(
+        "micro",
+        vocab_size=1600,
+        video_start=VIDEO,
+        video_levels=LEVELS,
+        video_grid=GRID,
+        video_stem=8,
+        prompt_film=film,
+    )
+    return Transformer(cfg).eval()
+
+
+def frame(g: torch.Generator) -> list[int]:
+    return [FRAME_OPEN, *torch.randint(VIDEO, VIDEO + 1000, (16,), generator=g).tolist(), FRAME_CLOSE]
+
+
+def sample(prompt: bytes = b"get the red cup", seed: int = 1) -> tuple[list[int], int]:
+    """A policy sample with a world-model tail, and the index just after ACT_OPEN."""
+    g = torch.Generator().manual_seed(seed)
+    head = [BOS, *(10 + b for b in prompt), SEP, *frame(g), STATE_OPEN, STATE, STATE + 1, STATE_CLOSE, ACT_OPEN]
+    tail = [ACTION, ACTION + 1, ACT_CLOSE, *frame(g), STATE_OPEN, STATE + 2, STATE_CLOSE]
+    return head + tail, len(head)
+
+
+@torch.no_grad()
+def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
+    stem = make().stem
+    vec = torch.randn(2, 16, len(LEVELS))
+    got = stem(vec, torch.arange(16).expand(2, 16), torch.ones(2, 16, dtype=torch.bool))
+
+    def conv(x: torch.Tensor, lin: torch.nn.Linear, cin: int) -> torch.Tensor:
+        return F.conv2d(x, lin.weight.view(lin.out_features, 3, 3, cin).permute(0, 3, 1, 2), lin.bias, padding=1)
+
+    h = F.relu(conv(vec.view(2, 4, 4, -1).permute(0, 3, 1, 2), stem.c1, len(LEVELS)))
+    h = F.relu(conv(h, stem.c2, 8))
+    torch.testing.assert_close(got, stem.out(h.flatten(2).transpose(1, 2)), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("film", [0, 16])
+@torch.no_grad()
+def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film):
+    """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
+    predicted frame and state): the cache carries the open frame and the prompt's encoding across calls."""
+    m = make(film)
+    if film:
+        torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
+    ids, a = sample()
+    idx = torch.tensor([ids])
+    full = m(idx)[0]
+    sep = ids.index(SEP) + 1
+    cache = m.new_cache(1, 96)
+    parts = [m.forward_cached(idx[:, :sep], cache), m.forward_cached(idx[:, sep:a], cache)]
+    parts += [m.forward_cached(idx[:, t : t + 1], cache) for t in range(a, len(ids))]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+
+    k = torch.zeros(m.cfg.n_layer, 1, m.cfg.n_head, 96, m.cfg.head_dim)
+    v, cond, pos, outs = torch.zeros_like(k), None, 0, []
+    for chunk in (ids[:sep], ids[sep:a], [ids[a]]):  # the exported graphs' calls
+        logits, k, v, cond = m.forward_kv(torch.tensor([chunk]), torch.tensor(pos), k, v, cond)
+        outs.append(logits)
+        pos += len(chunk)
+    torch.testing.assert_close(torch.cat(outs, 1), full[:, : a + 1], atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+def test_a_predicted_frame_stays_causal_and_an_observed_frame_is_read_whole():
+    m = make()
+    ids, a = sample()
+    full = m(torch.tensor([ids]))[0]
+    cell = ids.index(FRAME_OPEN, a) + 7  # a cell of the predicted frame
+    changed = list(ids)
+    changed[cell] = VIDEO + (ids[cell] - VIDEO + 1) % 1000
+    diff = (m(torch.tensor([changed]))[0] - full).abs().amax(-1)[0]
+    assert diff[:cell].max() == 0 and diff[cell] > 0, "a predicted cell leaked into earlier positions"
+
+    seen = ids.index(FRAME_OPEN) + 1 + 9  # cell (2, 1) of the observed frame: its neighbours read it
+    changed = list(ids)
+    changed[seen] = VIDEO + (ids[seen] - VIDEO + 1) % 1000
+    diff = (m(torch.tensor([changed]))[0] - full).abs().amax(-1)[0]
+    assert diff[seen - 4] > 0, "the stem should let cell (1, 1) see the cell below it"
+
+
+@torch.no_grad()
+def test_cells_tell_equal_codes_apart_and_the_prompt_conditions_observed_frames_only():
+    m = make(film=16)
+    code = VIDEO + 123
+    ids = [BOS, *(10 + b for b in b"red"), SEP, FRAME_OPEN, *[code] * 16, FRAME_CLOSE, ACT_OPEN]
+    x, _, _ = m.embed(torch.tensor([ids]))
+    first = ids.index(FRAME_OPEN) + 1
+    assert (x[0, first] - x[0, first + 5]).abs().max() > 0, "one code at two cells must embed differently"
+
+    blue = [BOS, *(10 + b for b in b"blue"), SEP, *ids[ids.index(SEP) + 1 :]]
+    shift = len(blue) - len(ids)
+    x_blue, _, _ = m.embed(torch.tensor([blue]))
+    same = x_blue[0, first + shift : first + shift + 16] - x[0, first : first + 16]
+    assert same.abs().max() == 0, "the FiLM layer starts at zero: the stem starts unconditioned"
+    torch.nn.init.normal_(m.stem.film.weight)
+    x, _, _ = m.embed(torch.tensor([ids]))
+    x_blue, _, _ = m.embed(torch.tensor([blue]))
+    assert (x_blue[0, first + shift : first + shift + 16] - x[0, first : first + 16]).abs().max() > 0
+
+    predicted = [*ids[:-1], ACTION, ACT_CLOSE, FRAME_OPEN, code]  # a frame after ACT_CLOSE: no stem, no FiLM
+    y, _, _ = m.embed(torch.tensor([predicted]))
+    plain = m.tok_emb.weight[code] + m.video_proj(m.video_vecs[123]) + m.cell_emb.weight[0]
+    torch.testing.assert_close(y[0, -1], plain, atol=1e-6, rtol=0)
+
+
+def test_config_names_what_the_stem_needs():
+    with pytest.raises(ValueError, match="video_stem needs"):
+        preset("micro", video_grid=GRID, video_stem=8)
+    with pytest.raises(ValueError, match="set video_stem"):
+        preset("micro", video_start=VIDEO, video_levels=LEVELS, video_grid=GRID, prompt_film=8)
+    with pytest.raises(ValueError, match="video_grid must be"):
+        preset("micro", video_grid=(4,))
+
+
+def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path):
+    m = make(film=16)
+    torch.nn.init.normal_(m.stem.film.weight)
+    export_transformer(m, tmp_path)
+    ids, a = sample()
+    sep = ids.index(SEP) + 1
+    checks = check_graphs(m, tmp_path, 0, chunks=(ids[:sep], ids[sep:a], [ids[a]]))
+    assert checks["prefill_max_abs_logit_diff"] < 1e-4 and checks["decode_max_abs_logit_diff"] < 1e-4, checks
+    assert checks["logit_scale"] > 0.1
