@@ -178,6 +178,8 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.n_action_steps),
                 "--history",
                 str(p.history),
+                "--stride",
+                *(str(p.stride.get(t, 1)) for t in TASKS),
                 *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
                 *(["--goal"] if p.goal else []),
             ]

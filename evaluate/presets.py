@@ -39,6 +39,7 @@ class Preset:
     """Every choice of the demo in one place; see the module docstring of each command for its meaning."""
 
     episodes: dict[str, int]  # demonstrations per task (TASKS key): a PickCup episode is ~46 steps, a Drive one ~125
+    stride: dict[str, int]  # per task: one training sequence every N steps of an episode (robotok-pretokenize)
     noise: float  # expert noise: perturbations the expert recovers from, so the data shows recoveries
     record_workers: int
     image_size: int  # square camera images
@@ -64,12 +65,13 @@ class Preset:
     eval_workers: int
     videos: int
     video_stem: int = 64  # channels of the policy's convolution stem over observed frames (0: none)
-    prompt_film: int = 0  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
+    prompt_film: int = 64  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
     device: str = "cpu"
 
 
 _CPU = Preset(
-    episodes={"pickcup": 500, "drive": 200},
+    episodes={"pickcup": 2000, "drive": 200},
+    stride={"pickcup": 4, "drive": 1},
     noise=0.3,
     record_workers=2,
     image_size=64,
@@ -101,6 +103,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": replace(
         _CPU,
         episodes={"pickcup": 2500, "drive": 1000},
+        stride={"pickcup": 1, "drive": 1},
         record_workers=16,
         cameras=("front", "wrist", "top"),
         history=2,
@@ -176,6 +179,7 @@ def with_overrides(preset: Preset, overrides: typing.Sequence[str]) -> Preset:
             changes[name] = _parse(name, hints[name], text)
         except (TypeError, ValueError) as e:  # int("x"), json errors, the messages above
             raise ValueError(f"--overrides {item!r}: {e}") from None
-    if "episodes" in changes and set(changes["episodes"]) != set(preset.episodes):
-        raise ValueError(f"--overrides episodes: give every task, {sorted(preset.episodes)}")
+    for name in ("episodes", "stride"):
+        if name in changes and set(changes[name]) != set(getattr(preset, name)):
+            raise ValueError(f"--overrides {name}: give every task, {sorted(getattr(preset, name))}")
     return replace(preset, **changes)

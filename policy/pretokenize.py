@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +69,9 @@ class PretokenizeConfig:
     """Observed steps (frame + state) in the context, the current one last."""
     history_stride: int = 1
     """Steps between two history steps (1: consecutive frames)."""
-    stride: int = 1
-    """Emit one sequence every this many steps of an episode."""
+    stride: list[int] = field(default_factory=lambda: [1])
+    """Emit one sequence every this many steps of an episode: one value for all datasets, or one per dataset
+    (e.g. ``4 1``: many short PickCup episodes for the variety of their scenes, as many sequences as before)."""
     frame_loss: bool = False
     """Append the frame n_action_steps ahead and the state at that step as world-model targets (KIND_FRAME)."""
     frame_keep: bool = False
@@ -83,12 +84,18 @@ class PretokenizeConfig:
     max_episodes: int = 0
     """Use at most this many episodes per dataset (0: all); for quick runs."""
 
+    def stride_of(self, d: int) -> int:
+        """The --stride of dataset ``d``."""
+        return self.stride[d if len(self.stride) > 1 else 0]
+
     def __post_init__(self) -> None:
-        if min(self.history, self.history_stride, self.stride) < 1 or self.horizon < 0 or self.n_action_steps < 0:
+        if min(self.history, self.history_stride, *self.stride) < 1 or self.horizon < 0 or self.n_action_steps < 0:
             raise ValueError(
                 f"history {self.history}, history_stride {self.history_stride}, stride {self.stride} "
                 f"must be >= 1; horizon {self.horizon}, n_action_steps {self.n_action_steps} >= 0"
             )
+        if len(self.stride) > 1 and self.dataset and len(self.stride) != len(self.dataset):
+            raise ValueError(f"--stride: one value, or one per --dataset ({len(self.dataset)}); got {self.stride}")
         if self.state_bins < 2 or self.max_episodes < 0 or not self.cameras:
             raise ValueError(
                 f"state_bins {self.state_bins} (>= 2), max_episodes {self.max_episodes} (>= 0), "
@@ -133,6 +140,8 @@ def pretokenize(
             f"{len(action_tokenizers)} action tokenizers for {len(datasets)} datasets: give one per "
             "dataset, or one shared by all"
         )
+    if len(cfg.stride) not in (1, len(datasets)):
+        raise ValueError(f"--stride: one value, or one per dataset ({len(datasets)}); got {cfg.stride}")
     shared = len(action_tokenizers) == 1 and len(datasets) > 1
     horizon = cfg.horizon or int(getattr(action_tokenizers[0], "horizon", 0) or 0)
     if horizon < 1:
@@ -163,7 +172,7 @@ def pretokenize(
             tdim = tokenizer_dim(tok, max_adim if shared else adim)
             if tdim < adim:
                 raise ValueError(f"dataset {name} has {adim}-D actions, its action tokenizer {tdim}-D")
-            steps = range(0, len(a), cfg.stride)
+            steps = range(0, len(a), cfg.stride_of(d))
             acts = _encode_chunks(tok, np.stack([action_chunk(a, t, horizon, tdim) for t in steps]))
             eps.append((d, ep["task"], s, acts))
             states.append(s)
@@ -235,7 +244,7 @@ def pretokenize(
                 s[0] if cfg.frame_loss else None,
             ).tokens
         )
-        rows += [(e_i, t, base + len(a)) for t, a in zip(range(0, len(s), cfg.stride), acts, strict=True)]
+        rows += [(e_i, t, base + len(a)) for t, a in zip(range(0, len(s), cfg.stride_of(d)), acts, strict=True)]
     seq_len = max(r[2] for r in rows)
     n = len(rows)
 
@@ -257,7 +266,7 @@ def pretokenize(
             assert all(len(f) == len(s) for f in frames), f"{name} episode {ep_of_ds[d]}: frames vs {len(s)} states"
             e.setdefault("image_size", [int(x) for x in frames[0].shape[1:3]])
             # encode only the frames some sequence shows (with --stride > 1 a third or more are never used)
-            starts = range(0, len(s), cfg.stride)
+            starts = range(0, len(s), cfg.stride_of(d))
             used = {j for t in starts for j in history_indices(t, cfg.history, cfg.history_stride)}
             if cfg.frame_loss:
                 used |= {min(len(s) - 1, t + n_act) for t in starts}

@@ -186,11 +186,13 @@ def test_one_shared_tokenizer_pads_actions_to_its_dimension(world, tmp_path) -> 
     assert ok and len(ids) == HORIZON * 5 and np.abs(back[:, 2:]).max() <= tok.bin_widths().max() / 2
 
 
-def test_stride_keeps_exactly_the_rows_of_every_stride_th_step(world, tmp_path) -> None:
-    """--stride 3 encodes only the frames its rows show; each row equals the stride-1 row of that step."""
+@pytest.mark.parametrize("stride", [[3], [3, 1]])
+def test_stride_keeps_exactly_the_rows_of_every_stride_th_step(world, tmp_path, stride) -> None:
+    """--stride 3 encodes only the frames its rows show; each row equals the stride-1 row of that step. With one
+    stride per dataset (3 1) the first dataset's rows are strided and the second's all kept."""
     from dataclasses import replace
 
-    cfg = replace(world["cfg"], out=str(tmp_path / "strided"), stride=3)
+    cfg = replace(world["cfg"], out=str(tmp_path / "strided"), stride=stride)
     strided = TokenShards(
         pretokenize(
             list(zip(("pick", "drive"), world["datasets"], strict=True)),
@@ -203,7 +205,9 @@ def test_stride_keeps_exactly_the_rows_of_every_stride_th_step(world, tmp_path) 
     full = TokenShards(world["out"])
     rows = {tuple(e): r for r, e in enumerate(np.asarray(full.episodes))}
     got = [tuple(e) for e in np.asarray(strided.episodes)]
-    assert got == [e for e in rows if e[1] % 3 == 0]
+    n_first = world["datasets"][0].num_episodes  # episode ids count the first dataset's episodes first
+    assert got == [e for e in rows if e[1] % (stride[0] if e[0] < n_first else stride[-1]) == 0]
+    assert len(stride) == 1 or any(e[0] >= n_first and e[1] % 3 for e in got)
     for r, e in enumerate(got):
         n = int((np.asarray(strided.tokens[r]) != PAD).sum())
         np.testing.assert_array_equal(strided.tokens[r][:n], full.tokens[rows[e]][:n])
