@@ -65,13 +65,13 @@ class Preset:
     eval_workers: int
     videos: int
     video_stem: int = 64  # channels of the policy's convolution stem over observed frames (0: none)
-    prompt_film: int = 64  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
+    prompt_film: int = 0  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
     device: str = "cpu"
 
 
 _CPU = Preset(
-    episodes={"pickcup": 2000, "drive": 200},
-    stride={"pickcup": 4, "drive": 1},
+    episodes={"pickcup": 500, "drive": 200},
+    stride={"pickcup": 1, "drive": 1},
     noise=0.3,
     record_workers=2,
     image_size=64,
@@ -103,7 +103,6 @@ PRESETS: dict[str, Preset] = {
     "gpu": replace(
         _CPU,
         episodes={"pickcup": 2500, "drive": 1000},
-        stride={"pickcup": 1, "drive": 1},
         record_workers=16,
         cameras=("front", "wrist", "top"),
         history=2,

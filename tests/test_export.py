@@ -112,6 +112,7 @@ def world(tmp_path_factory) -> dict:
             data=shards,
             out=root / "ckpt",
             preset="micro",
+            prompt_film=16,  # the prompt's encoding then travels through the graphs and the runtime
             steps=2,
             batch_size=4,
             warmup_steps=1,
