@@ -94,8 +94,6 @@ class PretokenizeConfig:
                 f"history {self.history}, history_stride {self.history_stride}, stride {self.stride} "
                 f"must be >= 1; horizon {self.horizon}, n_action_steps {self.n_action_steps} >= 0"
             )
-        if len(self.stride) > 1 and self.dataset and len(self.stride) != len(self.dataset):
-            raise ValueError(f"--stride: one value, or one per --dataset ({len(self.dataset)}); got {self.stride}")
         if self.state_bins < 2 or self.max_episodes < 0 or not self.cameras:
             raise ValueError(
                 f"state_bins {self.state_bins} (>= 2), max_episodes {self.max_episodes} (>= 0), "

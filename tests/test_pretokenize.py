@@ -309,3 +309,12 @@ def test_cli_writes_shards_and_reports_bad_input(world, tmp_path, monkeypatch, c
     monkeypatch.setattr(sys, "argv", args + ["--cameras", "top"])
     with pytest.raises(SystemExit, match="none of --cameras"):
         main()
+
+
+def test_a_stride_per_dataset_must_name_every_dataset(world, tmp_path) -> None:
+    from dataclasses import replace
+
+    cfg = replace(world["cfg"], out=str(tmp_path / "bad"), stride=[3, 1, 1])
+    with pytest.raises(ValueError, match="one per dataset"):
+        pretokenize(list(zip(("pick", "drive"), world["datasets"], strict=True)), world["toks"], world["vt"], cfg)
+    assert not (tmp_path / "bad").exists()
