@@ -261,6 +261,19 @@ class PickCupEnv(gym.Env):
         """Centres of the cups on the table [n_cups, 3] (world frame)."""
         return self.data.xpos[self._cup_body[: len(self.cup_colors)]].copy()
 
+    def project(self, point: np.ndarray, camera: str = "front") -> tuple[float, float]:
+        """Pixel (row, col) of a world point [3] in one of the env's cameras at its image size (pinhole, MuJoCo's
+        fovy convention; row 0 at the top). Training labels of where a cup is in the image come from it."""
+        m, d = self.model, self.data
+        cam = m.camera(camera).id
+        rel = d.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, np.float64) - d.cam_xpos[cam])  # looks along -z
+        f = 0.5 * self.height / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
+        return float(self.height / 2 - f * rel[1] / -rel[2]), float(self.width / 2 + f * rel[0] / -rel[2])
+
+    def target_pixel(self, camera: str = "front") -> tuple[float, float]:
+        """Pixel (row, col) of the prompted cup in ``camera``: its axis 2 cm above its centre, on its visible body."""
+        return self.project(self.cup_positions()[self.target_index] + np.array([0.0, 0.0, 0.02]), camera)
+
     def grip_pos(self) -> np.ndarray:
         """Grip site position [3]: between the finger pads, at their lower third."""
         return self.data.site_xpos[self._site].copy()

@@ -47,14 +47,6 @@ def test_observation_shapes_and_info() -> None:
     e.close()
 
 
-def _project(env: PickCupEnv, point: np.ndarray, camera: str = "front") -> tuple[int, int]:
-    """Pixel (row, col) of a world point in a camera of the env (pinhole, MuJoCo's fovy convention)."""
-    cam = env.model.camera(camera).id
-    rel = env.data.cam_xmat[cam].reshape(3, 3).T @ (point - env.data.cam_xpos[cam])  # camera looks along -z
-    f = 0.5 * env.height / np.tan(np.deg2rad(env.model.cam_fovy[cam]) / 2)
-    return int(env.height / 2 - f * rel[1] / -rel[2]), int(env.width / 2 + f * rel[0] / -rel[2])
-
-
 def test_front_camera_shows_each_cup_in_its_colour(env: PickCupEnv) -> None:
     """At 64x64 the pixels where each cup stands have that cup's colour (nearest in chromaticity)."""
     palette = {**CUP_COLORS, "table": tuple(env.model.geom_rgba[env._table_geom, :3])}
@@ -64,7 +56,7 @@ def test_front_camera_shows_each_cup_in_its_colour(env: PickCupEnv) -> None:
         obs, _ = env.reset(seed=seed)
         img = obs["pixels"]["front"].astype(np.float32)
         for name, centre in zip(env.cup_colors, env.cup_positions(), strict=True):
-            r, c = _project(env, centre + np.array([0.0, 0.0, 0.02]))
+            r, c = (int(v) for v in env.project(centre + np.array([0.0, 0.0, 0.02])))
             assert 1 <= r < env.height - 1 and 1 <= c < env.width - 1, (seed, name, r, c)
             patch = img[r - 1 : r + 2, c - 1 : c + 2].reshape(-1, 3).mean(0)
             seen = names[int(np.argmin(np.abs(chroma - patch / patch.max()).sum(1)))]
