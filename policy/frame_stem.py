@@ -79,6 +79,8 @@ class FrameStem(nn.Module):
             self.byte_emb = nn.Embedding(TEXT_SIZE, 32)
             self.prompt_conv = nn.Conv1d(32, p, 3, padding=1)
             self.film = nn.Linear(p, 2 * c)
+        if cfg.ground_head:  # training's pointing read-out (ModelConfig.ground_head): one logit per cell
+            self.point = nn.Linear(cfg.d_model, 1, bias=False)  # a softmax over cells ignores a shared bias
         offsets = [(dr, dq) for dr in (-1, 0, 1) for dq in (-1, 0, 1)]
         self.register_buffer("dr", torch.tensor([o[0] for o in offsets]), persistent=False)
         self.register_buffer("dq", torch.tensor([o[1] for o in offsets]), persistent=False)
@@ -91,6 +93,8 @@ class FrameStem(nn.Module):
             self.prompt_conv.reset_parameters()
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
+        if hasattr(self, "point"):
+            self.point.reset_parameters()
 
     def encode_prompt(self, idx: Tensor, pos0: Tensor, cond_before: Tensor | None) -> Tensor:
         """[B, prompt_film]: the encoding of the prompt, the text ids before the first SEP of ids that start the
@@ -104,6 +108,16 @@ class FrameStem(nn.Module):
         pooled = torch.where(is_text.unsqueeze(1), h, torch.zeros_like(h)).amax(-1)  # ReLU >= 0: 0 is neutral
         before = torch.zeros_like(pooled) if cond_before is None else cond_before.to(pooled)
         return torch.where(first, pooled, before)
+
+    def point_logits(self, prompt: Tensor, video_vecs: Tensor) -> Tensor:
+        """Logits [B, h*w] of which cell of a lone frame holds what the prompt names: ``prompt`` [B, P] ids
+        (``BOS bytes SEP``, anything after), ``video_vecs`` [B, h*w, d_code] the frame's code vectors, row-major.
+        The training target of the pointing loss; the policy acts without it."""
+        b, n = video_vecs.shape[:2]
+        cond = self.encode_prompt(prompt, torch.zeros((), dtype=torch.long, device=prompt.device), None)
+        cell = torch.arange(n, device=prompt.device).expand(b, n)
+        out = self(video_vecs, cell, torch.ones_like(cell, dtype=torch.bool), cond)
+        return self.point(out).squeeze(-1)
 
     def _conv(self, x: Tensor, layer: nn.Linear, index: Tensor, valid: Tensor) -> Tensor:
         b, t, c = x.shape

@@ -74,6 +74,10 @@ class ModelConfig:
     prompt_film: int = 0
     """Width of a small encoder of the prompt's bytes whose output scales and shifts the stem's second layer
     (FiLM), so the stem compares each patch with what the prompt names (0: none; needs ``video_stem``)."""
+    ground_head: bool = False
+    """A linear read-out of the stem's output per cell of a lone frame, trained to mark the cell that holds what
+    the prompt names (``Transformer.ground_logits``; robotok-train's pointing loss). Training only: acting never
+    calls it. Needs ``prompt_film``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
@@ -84,6 +88,8 @@ class ModelConfig:
             raise ValueError("video_stem needs video_levels and video_grid (the stem reads code vectors on the grid)")
         if self.prompt_film and not self.video_stem:
             raise ValueError("prompt_film conditions the frame stem: set video_stem too")
+        if self.ground_head and not self.prompt_film:
+            raise ValueError("ground_head reads the prompt-conditioned stem: set prompt_film too")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
@@ -376,6 +382,14 @@ class Transformer(nn.Module):
         if self.stem is not None:
             x = x + self.stem(vec, cell, observed, cond).to(x.dtype)
         return x, open_after, cond
+
+    def ground_logits(self, prompt: Tensor, video: Tensor) -> Tensor:
+        """Which cell of a lone frame holds what the prompt names: logits [B, h*w] from ``prompt`` [B, P] ids
+        (``BOS bytes SEP``, PAD after) and ``video`` [B, h*w] video ids (``cfg.ground_head``; training only)."""
+        if not self.cfg.ground_head:
+            raise ValueError("this model has no ground head (ModelConfig.ground_head)")
+        vecs = self.video_vecs[video - self.cfg.video_start]
+        return self.stem.point_logits(prompt, vecs)
 
     def _head(self, x: Tensor) -> Tensor:
         return F.linear(self.norm(x), self.tok_emb.weight)  # tied output embedding

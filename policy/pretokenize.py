@@ -83,6 +83,9 @@ class PretokenizeConfig:
     """Bins per state dimension (ids shared by all dimensions)."""
     max_episodes: int = 0
     """Use at most this many episodes per dataset (0: all); for quick runs."""
+    scenes: tuple[str, ...] = ()
+    """Files of robotok-record-scenes (first frames of fresh scenes, the prompted object's pixel): tokenised into
+    ``ground.npz`` for robotok-train's pointing loss (``--ground-weight``)."""
 
     def stride_of(self, d: int) -> int:
         """The --stride of dataset ``d``."""
@@ -357,10 +360,49 @@ def pretokenize(
             "num_episodes": len(eps),
             "num_tokens": int(sum(r[2] for r in rows)),
         }
+        if cfg.scenes:
+            from robotok.sim_envs.scenes import load_scenes
+
+            ground = ground_set([load_scenes(p) for p in cfg.scenes], space, video_tokenizer)
+            np.savez(stage / "ground.npz", **ground)
+            meta["ground_scenes"] = len(ground["cell"])
         extra = {p.name: p for p in stage.iterdir()}
         return write_shards(out, tokens, kinds, episodes, meta, extra_files=extra)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer: Any) -> dict[str, np.ndarray]:
+    """Tokenise ``robotok-record-scenes`` arrays for the pointing loss: ``prompt`` [N, P] (``BOS bytes SEP``,
+    PAD after), ``video`` [N, h*w] (the frame's video ids) and ``cell`` [N] (the grid cell, row-major, holding the
+    prompted object's pixel). Scenes whose object is out of the frame are left out."""
+    grid = tuple(video_tokenizer.grid)
+    size = tuple(int(x) for x in video_tokenizer.cfg.image_size)
+    prompts, videos, cells = [], [], []
+    for sc in scenes:
+        frames, pixel = sc["frames"], np.asarray(sc["pixel"], np.float64)
+        if tuple(frames.shape[1:3]) != size:
+            raise ValueError(
+                f"scene frames are {frames.shape[1]}x{frames.shape[2]}, the video tokenizer's {size[0]}x{size[1]}; "
+                "record the scenes at its size (--width, --height)"
+            )
+        inside = (pixel[:, 0] >= 0) & (pixel[:, 0] < size[0]) & (pixel[:, 1] >= 0) & (pixel[:, 1] < size[1])
+        idx = np.flatnonzero(inside)
+        if not len(idx):
+            continue
+        codes = np.concatenate([video_tokenizer.encode(frames[idx[j : j + 256]]) for j in range(0, len(idx), 256)])
+        videos.append(space.video_ids(codes).reshape(len(idx), -1))
+        r = (pixel[idx, 0] * grid[0] / size[0]).astype(np.int64)
+        c = (pixel[idx, 1] * grid[1] / size[1]).astype(np.int64)
+        cells.append(r * grid[1] + c)
+        prompts += [space.encode_prompt(str(sc["prompt"][i])) for i in idx]
+    if not prompts:
+        raise ValueError("no scene shows its prompted object inside the frame; check the scenes' --camera")
+    prompt = np.zeros((len(prompts), max(map(len, prompts))), np.int32)
+    assert PAD == 0
+    for i, ids in enumerate(prompts):
+        prompt[i, : len(ids)] = ids
+    return {"prompt": prompt, "video": np.concatenate(videos).astype(np.int32), "cell": np.concatenate(cells)}
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
@@ -384,6 +426,9 @@ def main() -> None:
             f"{err} give --dataset DIR [DIR...] and --action-tokenizer DIR [DIR...] "
             "(record with robotok-record, fit with robotok-fit-tokenizers)"
         )
+    for p in cfg.scenes:
+        if not Path(p).is_file():
+            raise SystemExit(f"{err} --scenes {p} is not a file; make it with robotok-record-scenes")
     for p in [*cfg.dataset, *cfg.action_tokenizer, cfg.video_tokenizer]:
         if not Path(p).is_dir():
             raise SystemExit(

@@ -82,6 +82,12 @@ class TrainConfig:
     Needs the code embedding and the cell embedding."""
     prompt_film: int = 0
     """Width of the prompt encoder that scales and shifts that stem (ModelConfig.prompt_film; 0: none)."""
+    ground_weight: float = 0.0
+    """Weight of the pointing loss (0: off): on the scenes of ``ground.npz`` in --data (robotok-pretokenize
+    --scenes), the prompt-conditioned frame stem marks the cell of the object the prompt names (cross-entropy
+    over the frame's cells, ``Transformer.ground_logits``). Training only; needs --prompt-film."""
+    ground_batch: int = 64
+    """Scenes per optimizer step of the pointing loss (global, like --batch-size)."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -116,6 +122,12 @@ class TrainConfig:
             )
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction {self.val_fraction} must be in [0, 1)")
+        if self.ground_weight < 0 or self.ground_batch < 1:
+            raise ValueError(
+                f"ground_weight {self.ground_weight} must be >= 0 and ground_batch {self.ground_batch} >= 1"
+            )
+        if self.ground_weight and not self.prompt_film:
+            raise ValueError("--ground-weight trains the prompt-conditioned stem to point: set --prompt-film too")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
@@ -281,6 +293,7 @@ class Trainer:
             raise SystemExit(f"robotok-train: error: {cfg.data} holds no training sequences")
         self.val_idx = self.val_idx[: cfg.eval_sequences]
         self.lengths = self.shards.lengths() if cfg.length_buckets > 1 else None
+        self.ground = self._load_ground() if cfg.ground_weight else None
 
         self.start_step, state = 0, None
         self.model_cfg = preset(
@@ -292,6 +305,7 @@ class Trainer:
                 if cfg.video_code_embedding
                 else {}
             ),
+            **({"ground_head": True} if cfg.ground_weight else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)
@@ -329,6 +343,37 @@ class Trainer:
             else:
                 load_optim_state_by_name(self.raw, self.opt, state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
+
+    def _load_ground(self) -> dict[str, torch.Tensor]:
+        """The pointing loss's scenes (``ground.npz`` of --data) as int64 tensors, and a held-out tenth."""
+        cfg, err = self.cfg, "robotok-train: error:"
+        path = cfg.data / "ground.npz"
+        if not path.is_file():
+            raise SystemExit(
+                f"{err} --ground-weight {cfg.ground_weight} but {cfg.data} holds no ground.npz; pre-tokenise with "
+                "robotok-pretokenize --scenes FILE (made by robotok-record-scenes), or drop --ground-weight"
+            )
+        if cfg.fsdp:
+            raise SystemExit(f"{err} --ground-weight runs the stem outside the sharded forward: use DDP (no --fsdp)")
+        if cfg.ground_batch % self.world:
+            raise SystemExit(f"{err} --ground-batch {cfg.ground_batch} must divide into world size {self.world}")
+        with np.load(path) as z:
+            g = {k: torch.from_numpy(z[k].astype(np.int64)).to(self.device) for k in ("prompt", "video", "cell")}
+        n_val = min(256, len(g["cell"]) // 10)
+        g["train"], g["val"] = np.arange(n_val, len(g["cell"])), np.arange(n_val)
+        return g
+
+    def _ground_loss(self, step: int) -> torch.Tensor:
+        """Cross-entropy of the pointing read-out on this rank's slice of step ``step``'s scenes ((seed, step)
+        decide them, as the sequences)."""
+        g, cfg = self.ground, self.cfg
+        rows = np.random.default_rng([cfg.seed, 104729, step]).choice(g["train"], cfg.ground_batch)
+        per = cfg.ground_batch // self.world
+        rows = torch.from_numpy(rows[self.rank * per : (self.rank + 1) * per]).to(self.device)
+        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with amp:
+            logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows])
+        return torch.nn.functional.cross_entropy(logits.float(), g["cell"][rows])
 
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
         out = self.cfg.out
@@ -391,6 +436,10 @@ class Trainer:
                 sync = self.model.no_sync() if self.distributed and not last else nullcontext()
             with sync:
                 loss, _ = self._forward_loss(tokens, kinds, norm)
+                if self.ground is not None and last:
+                    ground = self._ground_loss(step)
+                    loss = loss + cfg.ground_weight * ground
+                    loss_sum -= cfg.ground_weight * ground.item()  # train/loss stays the policy's loss
                 loss.backward()
             loss_sum += loss.item()
         gnorm = 0.0
@@ -399,7 +448,10 @@ class Trainer:
             gnorm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
-        return {"train/loss_local": loss_sum / self.world, "train/lr": lr, "train/grad_norm": gnorm}
+        out = {"train/loss_local": loss_sum / self.world, "train/lr": lr, "train/grad_norm": gnorm}
+        if self.ground is not None:
+            out["train/ground_loss"] = ground.item()  # this rank's scenes
+        return out
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
@@ -429,12 +481,20 @@ class Trainer:
                 ]
             )
         s = self._all_sum(sums.tolist())
-        self.model.train()
-        return {
+        out = {
             "val/loss": s[0] / max(s[1], 1e-8),
             "val/action_loss": s[2] / max(s[3], 1e-8),
             "val/action_acc": s[4] / max(s[3], 1e-8),
         }
+        if self.ground is not None and len(self.ground["val"]):
+            g, rows = self.ground, torch.from_numpy(self.ground["val"]).to(self.device)
+            amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+            with amp:
+                logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows]).float()
+            out["val/ground_loss"] = float(torch.nn.functional.cross_entropy(logits, g["cell"][rows]))
+            out["val/ground_acc"] = float((logits.argmax(-1) == g["cell"][rows]).float().mean())  # held-out scenes
+        self.model.train()
+        return out
 
     def save(self, step: int) -> None:
         cfg = self.cfg
@@ -519,7 +579,12 @@ class Trainer:
             if rank0:
                 bar.update(1)
                 if record:
-                    short = {"train/loss": "loss", "val/loss": "val_loss", "val/action_acc": "val_acc"}
+                    short = {
+                        "train/loss": "loss",
+                        "val/loss": "val_loss",
+                        "val/action_acc": "val_acc",
+                        "val/ground_acc": "ground_acc",
+                    }
                     bar.set_postfix({short[k]: f"{v:.4g}" for k, v in record.items() if k in short})
                     log.write(json.dumps({"step": n, **record}) + "\n")
                     log.flush()

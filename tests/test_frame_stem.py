@@ -150,3 +150,56 @@ def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path):
     checks = check_graphs(m, tmp_path, 0, chunks=(ids[:sep], ids[sep:a], [ids[a]]))
     assert checks["prefill_max_abs_logit_diff"] < 1e-4 and checks["decode_max_abs_logit_diff"] < 1e-4, checks
     assert checks["logit_scale"] > 0.1
+
+
+def test_the_ground_head_learns_to_mark_the_cell_the_prompt_names() -> None:
+    """Two "cups" of different codes at random cells of a plain frame, the prompt naming one of them among other
+    words: the prompt-conditioned stem with its pointing read-out (``Transformer.ground_logits``, robotok-train's
+    pointing loss) learns which cell is named, on held-out frames and under the other cup's name as well."""
+    from robotok.tokenizers.space import SPECIAL
+
+    torch.manual_seed(0)
+    cfg = preset(
+        "micro",
+        vocab_size=1600,
+        video_start=VIDEO,
+        video_levels=LEVELS,
+        video_grid=GRID,
+        video_stem=16,
+        prompt_film=16,
+        ground_head=True,
+    )
+    m = Transformer(cfg)
+    n_cells, words = GRID[0] * GRID[1], ("red", "blue")
+    codes = {"red": 500, "blue": 900, "table": 100}
+    templates = ("pick up the {} cup", "get the {} one", "{}")
+
+    def prompt(word: str, k: int) -> list[int]:
+        ids = [BOS, *(len(SPECIAL) + b for b in templates[k % 3].format(word).encode()), SEP]
+        return ids + [0] * (24 - len(ids))
+
+    def scenes(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        cells = torch.stack([torch.randperm(n_cells, generator=g)[:2] for _ in range(n)])  # red's, blue's cell
+        video = torch.full((n, n_cells), VIDEO + codes["table"])
+        video[torch.arange(n), cells[:, 0]] = VIDEO + codes["red"]
+        video[torch.arange(n), cells[:, 1]] = VIDEO + codes["blue"]
+        named = torch.randint(0, 2, (n,), generator=g)
+        return video, cells, named, torch.tensor([prompt(words[int(w)], k) for k, w in enumerate(named)])
+
+    g = torch.Generator().manual_seed(0)
+    video, cells, named, prompts = scenes(512, g)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    for _ in range(300):
+        i = torch.randint(0, 512, (64,), generator=g)
+        loss = F.cross_entropy(m.ground_logits(prompts[i], video[i]), cells[i, named[i]])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    video, cells, named, prompts = scenes(200, g)
+    with torch.no_grad():
+        hit = (m.ground_logits(prompts, video).argmax(-1) == cells[torch.arange(200), named]).float().mean()
+        other = torch.tensor([prompt(words[1 - int(w)], k) for k, w in enumerate(named)])
+        hit_other = (m.ground_logits(other, video).argmax(-1) == cells[torch.arange(200), 1 - named]).float().mean()
+    assert hit > 0.9 and hit_other > 0.9, (hit, hit_other)  # a model blind to the prompt gets one half
+    with pytest.raises(ValueError, match="ground_head"):
+        make(film=8).ground_logits(prompts, video)

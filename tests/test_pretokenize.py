@@ -318,3 +318,84 @@ def test_a_stride_per_dataset_must_name_every_dataset(world, tmp_path) -> None:
     with pytest.raises(ValueError, match="one per dataset"):
         pretokenize(list(zip(("pick", "drive"), world["datasets"], strict=True)), world["toks"], world["vt"], cfg)
     assert not (tmp_path / "bad").exists()
+
+
+@pytest.fixture(scope="module")
+def ground(world, tmp_path_factory):
+    """Shards with a pointing set: robotok-record-scenes at the fixture's image size, then pretokenize --scenes."""
+    from dataclasses import replace
+
+    from robotok.sim_envs.scenes import ScenesConfig, load_scenes, record_scenes
+
+    root = tmp_path_factory.mktemp("ground")
+    path = root / "scenes.npz"
+    record_scenes(ScenesConfig(scenes=12, out=path, width=W, height=H), progress=False)
+    cfg = replace(world["cfg"], out=str(root / "shards"), scenes=(str(path),))
+    out = pretokenize(list(zip(("pick", "drive"), world["datasets"], strict=True)), world["toks"], world["vt"], cfg)
+    return {"scenes": load_scenes(path), "out": out}
+
+
+def ground_train_config(data: Path, out: Path, **kw):
+    from robotok.policy.train import TrainConfig
+
+    base = dict(data=data, out=out, preset="micro", steps=4, batch_size=4, dtype="fp32", eval_every=4, lr=1e-3)
+    return TrainConfig(**{**base, "prompt_film": 8, "ground_weight": 1.0, "ground_batch": 8, **kw})
+
+
+def test_scenes_become_the_pointing_set_that_training_reads(world, ground, tmp_path) -> None:
+    """robotok-record-scenes -> pretokenize --scenes -> ground.npz: each scene's frame as video ids, its prompt as
+    ``BOS bytes SEP`` and the cell holding the prompted cup's pixel; robotok-train's pointing loss reads it."""
+    from dataclasses import replace
+
+    from robotok.policy.train import train
+
+    scenes, out = ground["scenes"], ground["out"]
+    space = TokenSpace.load(out / "token_space.json")
+    with np.load(out / "ground.npz") as z:
+        g = {k: z[k] for k in z}
+    inside = (scenes["pixel"] >= 0).all(1) & (scenes["pixel"] < H).all(1)
+    assert len(g["cell"]) == inside.sum() == json.loads((out / "meta.json").read_text())["ground_scenes"] > 0
+    grid = world["vt"].grid
+    for i, k in enumerate(np.flatnonzero(inside)):
+        r, c = (scenes["pixel"][k] * np.array(grid) / np.array([H, W])).astype(int)
+        assert g["cell"][i] == r * grid[1] + c
+        ids = g["prompt"][i][g["prompt"][i] != PAD]
+        assert list(ids) == space.encode_prompt(str(scenes["prompt"][k]))
+        expect = space.video_ids(world["vt"].encode(scenes["frames"][k : k + 1])).ravel()
+        np.testing.assert_array_equal(g["video"][i], expect)
+    tc = ground_train_config(out, tmp_path / "policy")
+    train(tc)
+    log = [json.loads(x) for x in (tmp_path / "policy" / "log.jsonl").read_text().splitlines()]
+    assert np.isfinite(log[-1]["train/ground_loss"]) and 0.0 <= log[-1]["val/ground_acc"] <= 1.0
+    with pytest.raises(SystemExit, match="no ground.npz"):
+        train(replace(tc, data=world["out"]))
+
+
+@pytest.mark.slow
+def test_the_pointing_loss_under_torchrun_matches_one_process(ground, tmp_path) -> None:
+    """2 DDP ranks (gloo) split each step's scenes as they split its sequences: the same weights as one process."""
+    import os
+    import subprocess
+
+    from robotok.policy.train import train
+
+    train(ground_train_config(ground["out"], tmp_path / "one"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    args = ["--data", str(ground["out"]), "--out", str(tmp_path / "ddp"), "--preset", "micro", "--steps", "4"]
+    args += ["--batch-size", "4", "--dtype", "fp32", "--eval-every", "4", "--lr", "1e-3", "--prompt-film", "8"]
+    args += ["--ground-weight", "1.0", "--ground-batch", "8"]
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+        + ["-m", "robotok.policy.train", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    from safetensors.torch import load_file
+
+    one, ddp = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
+    assert max(float((one[k] - ddp[k]).abs().max()) for k in one) < 1e-5

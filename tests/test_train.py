@@ -195,6 +195,8 @@ def test_bad_args_give_one_line_errors(tmp_path):
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--resume" in r.stderr.strip().splitlines()[-1]
     with pytest.raises(ValueError, match="val_fraction"):
         TrainConfig(val_fraction=1.5)
+    with pytest.raises(ValueError, match="--prompt-film"):  # the pointing loss needs the prompt-conditioned stem
+        TrainConfig(ground_weight=1.0)
 
 
 @pytest.mark.slow
