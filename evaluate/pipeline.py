@@ -11,7 +11,8 @@ Each stage runs the command a user would type (printed before it runs) and write
 =============  ==============================================  =================================
 stage          command                                         output (the file that marks it done)
 =============  ==============================================  =================================
-record         robotok-record (once per task)                  data/<task>/ (meta/info.json)
+record         robotok-record (once per task),                 data/<task>/ (meta/info.json),
+               robotok-record-scenes (PickCup)                 scenes/<task>.npz
 fit            robotok-fit-tokenizers                          tokenizers/action/ (report.json)
 video          robotok-train-video-tokenizer                   tokenizers/video/ (eval.json)
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
@@ -52,6 +53,7 @@ PROG = "robotok-pipeline"
 STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
 CLI_MODULES = {
     "robotok-record": "robotok.sim_envs.record",
+    "robotok-record-scenes": "robotok.sim_envs.scenes",
     "robotok-fit-tokenizers": "robotok.tokenizers.fit",
     "robotok-train-video-tokenizer": "robotok.tokenizers.train_video",
     "robotok-pretokenize": "robotok.policy.pretokenize",
@@ -119,6 +121,18 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 *size,
             ]
             for t, env in TASKS.items()
+        ] + [
+            [
+                "robotok-record-scenes",
+                "--env",
+                TASKS[t],
+                "--scenes",
+                str(p.scenes[t]),
+                "--out",
+                str(out / "scenes" / f"{t}.npz"),
+                *size,
+            ]
+            for t in scene_tasks(p)
         ]
     if stage == "fit":
         return [
@@ -182,6 +196,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 *(str(p.stride.get(t, 1)) for t in TASKS),
                 *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
                 *(["--goal"] if p.goal else []),
+                *(["--scenes", *(str(out / "scenes" / f"{t}.npz") for t in scene_tasks(p))] if scene_tasks(p) else []),
             ]
         ]
     if stage == "train":
@@ -208,6 +223,8 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.video_stem),
                 "--prompt-film",
                 str(p.prompt_film),
+                "--ground-weight",
+                str(p.ground_weight if scene_tasks(p) else 0.0),
                 "--device",
                 p.device,
             ]
@@ -272,10 +289,17 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
     return []  # report: written by this module
 
 
-def done_files(stage: str, out: Path) -> list[Path]:
-    """The files whose presence marks a stage complete (each written last, or atomically with its folder)."""
+def scene_tasks(p: Preset) -> list[str]:
+    """Tasks that record scenes for the pointing loss (``Preset.scenes``; none when the loss is off)."""
+    return [t for t in TASKS if p.scenes.get(t, 0) > 0] if p.ground_weight > 0 else []
+
+
+def done_files(stage: str, out: Path, p: Preset) -> list[Path]:
+    """The files whose presence marks a stage complete (each written last, or atomically with its folder), in
+    the order of the stage's commands."""
     return {
-        "record": [out / "data" / t / "meta" / "info.json" for t in TASKS],
+        "record": [out / "data" / t / "meta" / "info.json" for t in TASKS]
+        + [out / "scenes" / f"{t}.npz" for t in scene_tasks(p)],
         "fit": [out / "tokenizers" / "action" / "report.json"],
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
@@ -289,10 +313,10 @@ def done_files(stage: str, out: Path) -> list[Path]:
     }[stage]
 
 
-def output_dirs(stage: str, out: Path) -> list[Path]:
-    """What a stage owns and replaces when it runs."""
+def output_dirs(stage: str, out: Path, p: Preset) -> list[Path]:
+    """What a stage owns and replaces when it runs (folders, and the scene files), in its commands' order."""
     return {
-        "record": [out / "data" / t for t in TASKS],
+        "record": [out / "data" / t for t in TASKS] + [out / "scenes" / f"{t}.npz" for t in scene_tasks(p)],
         "fit": [out / "tokenizers" / "action"],
         "video": [out / "tokenizers" / "video"],
         "pretokenize": [out / "shards"],
@@ -315,9 +339,9 @@ def train_step_done(out: Path) -> int:
 
 def stage_state(stage: str, out: Path, p: Preset) -> str:
     """``done``, ``resume`` (train only: an unfinished checkpoint) or ``todo``."""
-    own = _mtime(done_files(stage, out))
+    own = _mtime(done_files(stage, out, p))
     i = STAGES.index(stage)
-    inputs = [f for s in STAGES[:i] if s != "report" for f in done_files(s, out)]
+    inputs = [f for s in STAGES[:i] if s != "report" for f in done_files(s, out, p)]
     newest_input = max((f.stat().st_mtime for f in inputs if f.is_file()), default=0.0)
     if stage == "report":
         return "todo"  # cheap, and it should reflect the latest outputs
@@ -390,21 +414,23 @@ def run(cfg: PipelineConfig) -> dict:
         state = "todo" if stage in forced else stage_state(stage, out, p)
         head = f"[{k}/{len(selected)}] {stage}"
         if state == "done":
-            print(f"{head}: done already ({', '.join(str(f) for f in done_files(stage, out))}); skipped", flush=True)
+            print(f"{head}: done already ({', '.join(str(f) for f in done_files(stage, out, p))}); skipped", flush=True)
             log["stages"].setdefault(stage, {})["skipped"] = True
             continue
         print(f"{head}: {'resuming' if state == 'resume' else 'running'}", flush=True)
         t0 = time.perf_counter()
-        cmds, dirs = commands(stage, out, p), output_dirs(stage, out)
+        cmds, dirs = commands(stage, out, p), output_dirs(stage, out, p)
         if stage == "record" and stage not in forced:  # keep a task's finished recording
-            todo = [i for i, f in enumerate(done_files(stage, out)) if not f.is_file()] or list(range(len(cmds)))
+            todo = [i for i, f in enumerate(done_files(stage, out, p)) if not f.is_file()] or list(range(len(cmds)))
             cmds, dirs = [cmds[i] for i in todo], [dirs[i] for i in todo]
         if state == "resume":
             cmds = [[*cmds[0], "--resume"]]
         elif not cfg.dry_run:
             for d in dirs:
-                if d.exists():
+                if d.is_dir():
                     shutil.rmtree(d)
+                elif d.exists():
+                    d.unlink()
             forced |= {s for s in STAGES[STAGES.index(stage) + 1 :]}  # everything after it redoes
         for argv in cmds:
             run_command(argv, cfg.dry_run)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 TASKS = {"pickcup": "robotok/PickCup-v0", "drive": "robotok/Drive-v0"}  # data/<task>/ <- env id
@@ -65,7 +65,11 @@ class Preset:
     eval_workers: int
     videos: int
     video_stem: int = 64  # channels of the policy's convolution stem over observed frames (0: none)
-    prompt_film: int = 0  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
+    prompt_film: int = 64  # width of the prompt encoder that conditions that stem (FiLM; 0: none)
+    # per task: fresh first frames with the prompted object's pixel (robotok-record-scenes), for the pointing
+    # loss of robotok-train (--ground-weight); tasks whose prompt names no object get 0
+    scenes: dict[str, int] = field(default_factory=lambda: {"pickcup": 5000, "drive": 0})
+    ground_weight: float = 1.0  # weight of that loss (0: off; > 0 needs prompt_film)
     device: str = "cpu"
 
 
@@ -103,6 +107,7 @@ PRESETS: dict[str, Preset] = {
     "gpu": replace(
         _CPU,
         episodes={"pickcup": 2500, "drive": 1000},
+        scenes={"pickcup": 20000, "drive": 0},
         record_workers=16,
         cameras=("front", "wrist", "top"),
         history=2,
@@ -123,6 +128,7 @@ PRESETS: dict[str, Preset] = {
     "smoke": replace(
         _CPU,
         episodes={"pickcup": 3, "drive": 3},
+        scenes={"pickcup": 40, "drive": 0},
         record_workers=1,
         video_channels=(8, 16, 16),
         video_steps=10,
@@ -178,7 +184,7 @@ def with_overrides(preset: Preset, overrides: typing.Sequence[str]) -> Preset:
             changes[name] = _parse(name, hints[name], text)
         except (TypeError, ValueError) as e:  # int("x"), json errors, the messages above
             raise ValueError(f"--overrides {item!r}: {e}") from None
-    for name in ("episodes", "stride"):
+    for name in ("episodes", "stride", "scenes"):
         if name in changes and set(changes[name]) != set(getattr(preset, name)):
             raise ValueError(f"--overrides {name}: give every task, {sorted(getattr(preset, name))}")
     return replace(preset, **changes)

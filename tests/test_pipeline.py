@@ -25,7 +25,7 @@ def test_every_stage_ran_and_left_its_outputs(smoke_run):
     for stage in STAGES:
         assert not log["stages"][stage].get("skipped"), stage
         assert log["stages"][stage]["wall_s"] >= 0.0
-        for f in done_files(stage, out):
+        for f in done_files(stage, out, PRESETS["smoke"]):
             assert f.is_file(), f"{stage}: {f} missing"
     assert json.loads((out / "pipeline.json").read_text())["preset"] == "smoke"
 
