@@ -19,8 +19,9 @@ within 6 cm of any cup's centre: finding cups at all, whatever their colour.
   the whole grid. It is told the colour word as one of seven ids, not the prompt's bytes.
 
 Candidate inputs for the transformer (``--stem``, ``--trunk``, ``--film``; ``--condition`` says whether they
-see the colour id or the prompt's bytes) and ``--attention kernel`` (torch's bf16 attention kernel instead of
-the model's fp32 one) are what the README's tables compare.
+see the colour id or the prompt's bytes), the policy's own frame inputs (``--model-stem``, ``--model-film``)
+with its pointing pre-training (``--stem-pretrain``), and ``--attention kernel`` (torch's bf16 attention kernel
+instead of the model's fp32 one) are what the README's tables compare.
 
 Scenes are rendered fresh (about 2 ms each) from seeds disjoint from the demo's demonstrations (from 0) and
 evaluation (from 100,000): training from ``--seed-start``, held-out from ``--test-seed-start``.
@@ -28,6 +29,7 @@ evaluation (from 100,000): training from ``--seed-start``, held-out from ``--tes
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -90,6 +92,10 @@ class BenchConfig:
     ``robotok-train`` builds it (0: off)."""
     model_film: int = 0
     """``ModelConfig.prompt_film``: the policy's own prompt encoder conditioning that stem (needs --model-stem)."""
+    stem_pretrain: int = 0
+    """Steps of training the policy's own stem alone with its pointing read-out (``Transformer.ground_logits``,
+    robotok-train's pointing loss; needs --model-stem and --model-film) to mark the cell of the camera's grid that
+    holds the named cup, before the transformer trains; its own held-out figures are the ``stem`` row."""
     condition: str = "prompt"
     """What ``--film`` and ``--trunk`` are conditioned on: ``prompt`` (the mean input embedding of the prompt's
     bytes, through an MLP: what a policy has) or ``color`` (the colour word as one of seven ids, as the CNN)."""
@@ -115,18 +121,27 @@ def render_scenes(start: int, n: int, size: tuple[int, int]) -> dict[str, np.nda
     u = env.unwrapped
     frames = np.zeros((n, *size, 3), np.uint8)
     cups = np.full((n, 4, 2), np.nan, np.float32)
+    pix = np.full((n, 4, 2), np.nan, np.float32)
     target, color, prompts = np.zeros(n, np.int64), np.zeros(n, np.int64), []
     for i in range(n):
         obs, info = env.reset(seed=start + i)
         frames[i] = obs["pixels"]["front"]
         xy = u.cup_positions()[:, :2]
         cups[i, : len(xy)] = xy
+        pix[i, : len(xy)] = [u.project(c + np.array([0.0, 0.0, 0.02])) for c in u.cup_positions()]
         target[i], color[i] = u.target_index, COLORS.index(u.target_color)
         prompts.append(info["prompt"])
         if not re.search(rf"\b{u.target_color}\b", info["prompt"]):
             raise RuntimeError(f"scene {start + i}: prompt {info['prompt']!r} does not name {u.target_color}")
     env.close()
-    return {"frames": frames, "cups": cups, "target": target, "color": color, "prompts": np.asarray(prompts)}
+    return {
+        "frames": frames,
+        "cups": cups,
+        "pix": pix,
+        "target": target,
+        "color": color,
+        "prompts": np.asarray(prompts),
+    }
 
 
 def cell_of(xy: np.ndarray) -> np.ndarray:
@@ -181,9 +196,12 @@ class Pointer(nn.Module):
         condition: str = "prompt",
         model_stem: int = 0,
         model_film: int = 0,
+        ground_head: bool = False,
     ):
         super().__init__()
         own = {"video_grid": grid, "video_stem": model_stem, "prompt_film": model_film} if model_stem else {}
+        if ground_head:
+            own["ground_head"] = True
         cfg = preset(
             name,
             vocab_size=space.vocab_size,
@@ -257,6 +275,40 @@ class Pointer(nn.Module):
         return self.head(m.norm(x[:, -1]))
 
 
+class StemPointer(nn.Module):
+    """The policy's own frame stem alone with its pointing read-out (``Transformer.ground_logits``, what
+    ``robotok-train --ground-weight`` trains): one logit per cell of the camera's grid for the named cup."""
+
+    def __init__(self, body: Transformer):
+        super().__init__()
+        self.body = body
+
+    def forward(self, ids: torch.Tensor, color: torch.Tensor) -> torch.Tensor:
+        (h, w), t = self.body.cfg.video_grid, ids.shape[1]
+        return self.body.ground_logits(ids, ids[:, t - 2 - h * w : t - 2])  # the prompt's bytes end at SEP
+
+
+def image_cells(pix: np.ndarray, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """Cell of the camera's grid (row-major) of pixels [..., 2] (row, col); -1 where NaN."""
+    ok = np.isfinite(pix[..., 0])
+    p = np.nan_to_num(pix)
+    r = np.clip((p[..., 0] / size[0] * grid[0]).astype(np.int64), 0, grid[0] - 1)
+    c = np.clip((p[..., 1] / size[1] * grid[1]).astype(np.int64), 0, grid[1] - 1)
+    return np.where(ok, r * grid[1] + c, -1)
+
+
+def score_image(pred: np.ndarray, pix: np.ndarray, target: np.ndarray, size, grid) -> dict[str, float]:
+    """Held-out figures of predicted image cells: the named cup's projection nearest the cell's centre."""
+    cy = (pred // grid[1] + 0.5) * size[0] / grid[0]
+    cx = (pred % grid[1] + 0.5) * size[1] / grid[1]
+    dist = np.nan_to_num(np.hypot(pix[..., 0] - cy[:, None], pix[..., 1] - cx[:, None]), nan=np.inf)
+    return {
+        "named_cup": float((dist.argmin(1) == target).mean()),
+        "near_a_cup": float((dist.min(1) < size[0] / grid[0]).mean()),
+        "chance": float((1.0 / np.isfinite(pix[:, :, 0]).sum(1)).mean()),
+    }
+
+
 def sequences(space: TokenSpace, prompts: np.ndarray, ids: np.ndarray) -> torch.Tensor:
     """``BOS prompt SEP FRAME_OPEN video FRAME_CLOSE ACT_OPEN``, left-padded with PAD (id 0) to one length."""
     rows = [[*space.encode_prompt(str(p)), *space.frame([c]), ACT_OPEN] for p, c in zip(prompts, ids, strict=True)]
@@ -273,6 +325,8 @@ def train_and_score(
     test_inputs: tuple[torch.Tensor, ...],
     test: dict[str, np.ndarray],
     cfg: BenchConfig,
+    labels_test: torch.Tensor | None = None,
+    scorer=None,
 ) -> dict[str, float]:
     """AdamW (decay on every parameter), 100 warm-up steps then cosine to zero, bf16 autocast on CPU; held-out
     figures. Close to, not the same as, the trainer's ``robotok.policy.train.lr_at`` (which decays to
@@ -299,9 +353,12 @@ def train_and_score(
     with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=cfg.dtype == "bf16"):
         n = len(test["target"])
         logits = torch.cat([model(*(x[j : j + 250] for x in test_inputs)).float() for j in range(0, n, 250)])
-    labels_test = torch.from_numpy(cell_of(test["cups"][np.arange(n), test["target"]]))
+    if labels_test is None:
+        labels_test = torch.from_numpy(cell_of(test["cups"][np.arange(n), test["target"]]))
+    pred = logits.argmax(-1).numpy()
+    model.train()
     return {
-        **score(logits.argmax(-1).numpy(), test["cups"], test["target"]),
+        **(scorer(pred) if scorer else score(pred, test["cups"], test["target"])),
         "train_loss_last": float(loss.detach()),
         "test_loss": float(F.cross_entropy(logits, labels_test)),
         "seconds": seconds,
@@ -360,8 +417,29 @@ def main() -> None:
                     cfg.condition,
                     cfg.model_stem,
                     cfg.model_film,
+                    cfg.stem_pretrain > 0,
                 )
                 color = torch.from_numpy(train_all["color"][:n])
+                if cfg.stem_pretrain:
+                    cells = image_cells(train_all["pix"][np.arange(n), train_all["target"][:n]], size, vt.grid)
+                    cells_t = image_cells(test["pix"][np.arange(len(test["target"])), test["target"]], size, vt.grid)
+                    r0 = train_and_score(
+                        StemPointer(model.body),
+                        (seq, color),
+                        torch.from_numpy(cells),
+                        (seq_t, torch.from_numpy(test["color"])),
+                        test,
+                        dataclasses.replace(cfg, steps=cfg.stem_pretrain),
+                        torch.from_numpy(cells_t),
+                        lambda p: score_image(p, test["pix"], test["target"], size, vt.grid),
+                    )
+                    rows.append({"model": "stem", "scenes": n, **r0})
+                    print(
+                        f"stem alone {n:6d} scenes: named cup {r0['named_cup']:.1%} (chance {r0['chance']:.1%}), "
+                        f"near a cup {r0['near_a_cup']:.1%}, held-out loss {r0['test_loss']:.2f}, "
+                        f"{r0['seconds']:.0f} s",
+                        flush=True,
+                    )
                 r = train_and_score(
                     model, (seq, color), labels_all[:n], (seq_t, torch.from_numpy(test["color"])), test, cfg
                 )
