@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import gymnasium as gym
@@ -136,8 +137,15 @@ def test_second_run_skips_finished_stages(smoke_run):
 def test_commands_are_what_a_user_types(tmp_path):
     p = PRESETS["cpu"]
     rec = commands("record", tmp_path, p)
-    assert [c[0] for c in rec] == ["robotok-record", "robotok-record"]
+    assert [c[0] for c in rec] == ["robotok-record", "robotok-record", "robotok-record-scenes"]
     assert str(tmp_path / "data" / "pickcup") in rec[0] and str(tmp_path / "data" / "drive") in rec[1]
+    assert str(tmp_path / "scenes" / "pickcup.npz") in rec[2] and "robotok/PickCup-v0" in rec[2]
+    scenes = str(tmp_path / "scenes" / "pickcup.npz")
+    assert scenes in commands("pretokenize", tmp_path, p)[0]
+    weight = lambda q: (c := commands("train", tmp_path, q)[0])[c.index("--ground-weight") + 1]  # noqa: E731
+    off = dataclasses.replace(p, ground_weight=0.0)  # the loss off: no scenes recorded, none passed on
+    assert weight(p) == "1.0" and weight(off) == "0.0"
+    assert len(commands("record", tmp_path, off)) == 2 and scenes not in commands("pretokenize", tmp_path, off)[0]
     ev = commands("eval", tmp_path, p)
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):
@@ -150,7 +158,8 @@ def test_record_keeps_a_finished_task_and_dry_run_only_prints(tmp_path, capsys):
     info.write_text("{}")
     run(PipelineConfig(out=tmp_path, preset="smoke", stages=("record", "fit"), dry_run=True))
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(printed) == 2 and "robotok/Drive-v0" in printed[0] and printed[1].startswith("$ robotok-fit-tokenizers")
+    assert len(printed) == 3 and "robotok/Drive-v0" in printed[0] and printed[1].startswith("$ robotok-record-scenes")
+    assert printed[2].startswith("$ robotok-fit-tokenizers")
     assert info.is_file() and not (tmp_path / "data" / "drive").exists()
 
 
