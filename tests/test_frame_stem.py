@@ -23,7 +23,7 @@ VIDEO, LEVELS, GRID = 300, (8, 5, 5, 5), (4, 4)  # 1,000 video ids from 300; a 4
 STATE, ACTION = 280, 1400  # a state id (after the 256 text ids from 10) and an action id
 
 
-def make(film: int = 0, seed: int = 0) -> Transformer:
+def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False) -> Transformer:
     torch.manual_seed(seed)
     cfg = preset(
         "micro",
@@ -31,8 +31,9 @@ def make(film: int = 0, seed: int = 0) -> Transformer:
         video_start=VIDEO,
         video_levels=LEVELS,
         video_grid=GRID,
-        video_stem=8,
+        video_stem=stem,
         prompt_film=film,
+        ground_head=ground,
     )
     return Transformer(cfg).eval()
 
@@ -158,18 +159,7 @@ def test_the_ground_head_learns_to_mark_the_cell_the_prompt_names() -> None:
     pointing loss) learns which cell is named, on held-out frames and under the other cup's name as well."""
     from robotok.tokenizers.space import SPECIAL
 
-    torch.manual_seed(0)
-    cfg = preset(
-        "micro",
-        vocab_size=1600,
-        video_start=VIDEO,
-        video_levels=LEVELS,
-        video_grid=GRID,
-        video_stem=16,
-        prompt_film=16,
-        ground_head=True,
-    )
-    m = Transformer(cfg)
+    m = make(film=16, stem=16, ground=True).train()
     n_cells, words = GRID[0] * GRID[1], ("red", "blue")
     codes = {"red": 500, "blue": 900, "table": 100}
     templates = ("pick up the {} cup", "get the {} one", "{}")
