@@ -9,8 +9,9 @@ shards every ``Block`` with FSDP2 (``fully_shard``), otherwise DDP. ``--batch-si
 function of (seed, step), and each rank takes its own slice, so N processes give the same updates as one
 (up to float summation order), and ``--resume`` continues exactly where an uninterrupted run would be.
 The loss is cross-entropy on action tokens (weight 1) plus next-frame video tokens (``--frame-loss-weight``),
-normalised by the weight of the whole global batch. Rank 0 logs (tqdm, ``log.jsonl``, TensorBoard when
-installed) and writes the checkpoint directory, the model unwrapped (see ``robotok.policy.model``).
+normalised by the weight of the whole global batch; ``--ground-weight`` adds the frame stem's pointing loss on
+the scenes of the shards' ``ground.npz`` (robotok-pretokenize --scenes). Rank 0 logs (tqdm, ``log.jsonl``,
+TensorBoard when installed) and writes the checkpoint directory, the model unwrapped (see ``robotok.policy.model``).
 """
 
 from __future__ import annotations
