@@ -5,7 +5,9 @@ cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI ru
 expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else
-running): with 2,500 steps ``make demo`` took 54 min 40 s with set-up (record 58 s, video 306 s, pretokenize
+running): the current preset took 42 min 27 s with set-up (record with the 5,000 scenes 54 s, video 218 s,
+pretokenize 72 s, train 1,647 s at 0.66 s per step, eval 490 s); an earlier preset, the same model without the
+prompt FiLM and 2,500 steps as well, took 54 min 40 s with set-up (record 58 s, video 306 s, pretokenize
 77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to 225 tokens in bf16, eval 412 s); the
 previous measured run, before the next state joined the world-model targets, trained at 0.79 s per step and
 took 47 min 43 s. The Intel CPU with AMX on which the preset was first sized trained about 2x faster (3,500
@@ -16,7 +18,9 @@ here 2,500 reach 70%. Training computes the output head only at the positions th
 27% of them). The video tokenizer weights pixels away from the frame's dominant colour (``--object-weight``,
 on by default): without it the 1,000-step tokenizer of the first demo drew no cups at all. The policy trains
 with the next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive
-success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The cpu preset
+success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The prompt-conditioned
+stem learns which cup is named from a pointing loss on 5,000 fresh scenes (``scenes``, ``ground_weight``;
+README, "Which choices mattered"). The cpu preset
 tokenises the front camera alone: PickCup-only policies with the wrist camera too lift a cup 4 to 7 times as
 often (README, "Which choices mattered"), but a random one of the scene, and every PickCup frame would cost
 64 more tokens.
