@@ -47,6 +47,7 @@ import tyro
 import robotok.policy.model
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
 from robotok.policy.model import Transformer, fsq_code_vectors, preset
+from robotok.policy.pretokenize import pixel_cells
 from robotok.sim_envs.pick_cup import CUP_AREA_HI, CUP_AREA_LO, CUP_COLORS
 from robotok.tokenizers.space import ACT_OPEN, ActionRange, TokenSpace
 from robotok.tokenizers.video import VideoTokenizer
@@ -288,15 +289,6 @@ class StemPointer(nn.Module):
         return self.body.ground_logits(ids, ids[:, t - 2 - h * w : t - 2])  # the prompt's bytes end at SEP
 
 
-def image_cells(pix: np.ndarray, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
-    """Cell of the camera's grid (row-major) of pixels [..., 2] (row, col); -1 where NaN."""
-    ok = np.isfinite(pix[..., 0])
-    p = np.nan_to_num(pix)
-    r = np.clip((p[..., 0] / size[0] * grid[0]).astype(np.int64), 0, grid[0] - 1)
-    c = np.clip((p[..., 1] / size[1] * grid[1]).astype(np.int64), 0, grid[1] - 1)
-    return np.where(ok, r * grid[1] + c, -1)
-
-
 def score_image(pred: np.ndarray, pix: np.ndarray, target: np.ndarray, size, grid) -> dict[str, float]:
     """Held-out figures of predicted image cells: the named cup's projection nearest the cell's centre."""
     cy = (pred // grid[1] + 0.5) * size[0] / grid[0]
@@ -421,8 +413,8 @@ def main() -> None:
                 )
                 color = torch.from_numpy(train_all["color"][:n])
                 if cfg.stem_pretrain:
-                    cells = image_cells(train_all["pix"][np.arange(n), train_all["target"][:n]], size, vt.grid)
-                    cells_t = image_cells(test["pix"][np.arange(len(test["target"])), test["target"]], size, vt.grid)
+                    cells = pixel_cells(train_all["pix"][np.arange(n), train_all["target"][:n]], size, vt.grid)
+                    cells_t = pixel_cells(test["pix"][np.arange(len(test["target"])), test["target"]], size, vt.grid)
                     r0 = train_and_score(
                         StemPointer(model.body),
                         (seq, color),

@@ -372,6 +372,16 @@ def pretokenize(
         shutil.rmtree(work, ignore_errors=True)
 
 
+def pixel_cells(pixel: np.ndarray, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
+    """Cell (row-major) of an image's ``grid`` holding each pixel [..., 2] (row, col) of an image of ``size``;
+    -1 for a pixel outside the image or NaN."""
+    p = np.nan_to_num(np.asarray(pixel, np.float64), nan=-1.0)
+    inside = (p[..., 0] >= 0) & (p[..., 0] < size[0]) & (p[..., 1] >= 0) & (p[..., 1] < size[1])
+    r = (p[..., 0] * grid[0] / size[0]).astype(np.int64)
+    c = (p[..., 1] * grid[1] / size[1]).astype(np.int64)
+    return np.where(inside, r * grid[1] + c, -1)
+
+
 def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer: Any) -> dict[str, np.ndarray]:
     """Tokenise ``robotok-record-scenes`` arrays for the pointing loss: ``prompt`` [N, P] (``BOS bytes SEP``,
     PAD after), ``video`` [N, h*w] (the frame's video ids) and ``cell`` [N] (the grid cell, row-major, holding the
@@ -380,21 +390,19 @@ def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer:
     size = tuple(int(x) for x in video_tokenizer.cfg.image_size)
     prompts, videos, cells = [], [], []
     for sc in scenes:
-        frames, pixel = sc["frames"], np.asarray(sc["pixel"], np.float64)
+        frames = sc["frames"]
         if tuple(frames.shape[1:3]) != size:
             raise ValueError(
                 f"scene frames are {frames.shape[1]}x{frames.shape[2]}, the video tokenizer's {size[0]}x{size[1]}; "
                 "record the scenes at its size (--width, --height)"
             )
-        inside = (pixel[:, 0] >= 0) & (pixel[:, 0] < size[0]) & (pixel[:, 1] >= 0) & (pixel[:, 1] < size[1])
-        idx = np.flatnonzero(inside)
+        cell = pixel_cells(sc["pixel"], size, grid)
+        idx = np.flatnonzero(cell >= 0)
         if not len(idx):
             continue
         codes = np.concatenate([video_tokenizer.encode(frames[idx[j : j + 256]]) for j in range(0, len(idx), 256)])
         videos.append(space.video_ids(codes).reshape(len(idx), -1))
-        r = (pixel[idx, 0] * grid[0] / size[0]).astype(np.int64)
-        c = (pixel[idx, 1] * grid[1] / size[1]).astype(np.int64)
-        cells.append(r * grid[1] + c)
+        cells.append(cell[idx])
         prompts += [space.encode_prompt(str(sc["prompt"][i])) for i in idx]
     if not prompts:
         raise ValueError("no scene shows its prompted object inside the frame; check the scenes' --camera")

@@ -345,6 +345,10 @@ class Trainer:
                 load_optim_state_by_name(self.raw, self.opt, state["optimizer"])
             torch.set_rng_state(state["rng"]["torch"])
 
+    def _amp(self):
+        """The autocast context of every forward (bf16 or none)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
     def _load_ground(self) -> dict[str, torch.Tensor]:
         """The pointing loss's scenes (``ground.npz`` of --data) as int64 tensors, and a held-out tenth."""
         cfg, err = self.cfg, "robotok-train: error:"
@@ -371,8 +375,7 @@ class Trainer:
         rows = np.random.default_rng([cfg.seed, 104729, step]).choice(g["train"], cfg.ground_batch)
         per = cfg.ground_batch // self.world
         rows = torch.from_numpy(rows[self.rank * per : (self.rank + 1) * per]).to(self.device)
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with amp:
+        with self._amp():
             logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows])
         return torch.nn.functional.cross_entropy(logits.float(), g["cell"][rows])
 
@@ -403,8 +406,7 @@ class Trainer:
         t = torch.from_numpy(tokens).to(self.device)
         w = torch.from_numpy(kind_weights(kinds[:, 1:], self.cfg.frame_loss_weight)).to(self.device)
         sel = w > 0  # the head runs only where a loss is taken: ~40% of a policy sequence's positions
-        amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with amp:
+        with self._amp():
             logits, _ = self.model(t[:, :-1], select=sel)
         y, w_sel = t[:, 1:][sel], w[sel]
         total = weighted_cross_entropy(logits[:, None], y[:, None], w_sel[:, None], reduction="sum")
@@ -489,8 +491,7 @@ class Trainer:
         }
         if self.ground is not None and len(self.ground["val"]):
             g, rows = self.ground, torch.from_numpy(self.ground["val"]).to(self.device)
-            amp = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-            with amp:
+            with self._amp():
                 logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows]).float()
             out["val/ground_loss"] = float(torch.nn.functional.cross_entropy(logits, g["cell"][rows]))
             out["val/ground_acc"] = float((logits.argmax(-1) == g["cell"][rows]).float().mean())  # held-out scenes
