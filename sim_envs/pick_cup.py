@@ -13,6 +13,7 @@ With ``control="joint"``: float32[7], the six joint position targets scaled to t
 the gripper command.
 
 Observation: ``{"pixels": {"front": uint8[H, W, 3], "wrist": uint8[H, W, 3]}, "agent_pos": float32[6]}``
+(``cameras=`` picks the views; ``cameras=()`` renders none and leaves out "pixels")
 with agent_pos = (grip x, y, z in metres, table top at z = 0; yaw in rad; gripper opening in metres;
 1.0 when both finger pads touch a cup, else 0.0). With ``control="joint"`` the six joint angles follow
 (float32[12]).
@@ -74,6 +75,7 @@ HOME_POS = np.array([0.30, 0.0, 0.22])  # the fixed start pose of the grip site
 SUCCESS_LIFT = 0.08  # cup bottom above the table (m)
 WRONG_LIFT = 0.04  # a non-target cup this high counts as lifted
 SUCCESS_HOLD_STEPS = 10  # 0.5 s at 20 Hz
+CAMERAS = ("front", "wrist")
 ARM_JOINTS = ("j1", "j2", "j3", "j4", "j5", "j6")
 
 
@@ -89,6 +91,8 @@ def _parse_num_cups(num_cups: int | tuple[int, int] | None) -> tuple[int, int]:
 class PickCupEnv(gym.Env):
     """Pick up the prompted cup with a 6-joint arm (see the module docstring for spaces and success)."""
 
+    CAMERAS = CAMERAS  # the views it can render
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": CONTROL_HZ}
 
     def __init__(
@@ -100,7 +104,12 @@ class PickCupEnv(gym.Env):
         prompt_templates: list[str] | None = None,
         control: str = "ee",
         reward_type: str = "sparse",
+        cameras: tuple[str, ...] | list[str] = CAMERAS,
     ) -> None:
+        cameras = tuple(cameras)
+        bad = [c for c in cameras if c not in CAMERAS] + (["(repeated)"] if len(set(cameras)) < len(cameras) else [])
+        if bad:
+            raise ValueError(f"cameras {cameras!r}: unknown or repeated {bad}; choose from {CAMERAS}")
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode={render_mode!r}: supported are None and 'rgb_array'")
         if not (isinstance(width, int) and isinstance(height, int) and 8 <= width <= 1024 and 8 <= height <= 1024):
@@ -115,7 +124,7 @@ class PickCupEnv(gym.Env):
             raise ValueError(
                 f"prompt_templates={prompt_templates!r}: need a non-empty list of strings with '{{{{color}}}}'"
             )
-        self.render_mode, self.width, self.height = render_mode, width, height
+        self.render_mode, self.width, self.height, self.cameras = render_mode, width, height, cameras
         self.num_cups_range = _parse_num_cups(num_cups)
         self.prompt_templates, self.control, self.reward_type = templates, control, reward_type
 
@@ -152,7 +161,7 @@ class PickCupEnv(gym.Env):
         state_hi = [1.0, 1.0, 1.0, np.pi, 0.1, 1.0] + [2 * np.pi] * (6 if control == "joint" else 0)
         self.observation_space = gym.spaces.Dict(
             {
-                "pixels": gym.spaces.Dict({"front": pix, "wrist": pix}),
+                **({"pixels": gym.spaces.Dict({c: pix for c in cameras})} if cameras else {}),
                 "agent_pos": gym.spaces.Box(np.array(state_lo, np.float32), np.array(state_hi, np.float32)),
             }
         )
@@ -322,20 +331,23 @@ class PickCupEnv(gym.Env):
             state += d.qpos[self._arm_qadr].tolist()
         return np.asarray(state, dtype=np.float32)
 
-    def _render_camera(self, camera: str) -> np.ndarray:
+    def render_camera(self, camera: str) -> np.ndarray:
+        """The named camera's view now ([H, W, 3] uint8), whether or not observations carry it."""
+        if camera not in CAMERAS:
+            raise ValueError(f"camera {camera!r}: choose from {CAMERAS}")
         if self._renderer is None:
             self._renderer = mujoco.Renderer(self.model, self.height, self.width)
         self._renderer.update_scene(self.data, camera=camera)
         return self._renderer.render()  # [H, W, 3] uint8, a fresh array
 
     def _obs(self) -> dict[str, Any]:
-        return {
-            "pixels": {"front": self._render_camera("front"), "wrist": self._render_camera("wrist")},
-            "agent_pos": self._agent_pos(),
-        }
+        obs: dict[str, Any] = {"agent_pos": self._agent_pos()}
+        if self.cameras:  # cameras=(): no rendering (a scripted expert reads the simulator)
+            obs = {"pixels": {c: self.render_camera(c) for c in self.cameras}, **obs}
+        return obs
 
     def render(self) -> np.ndarray | None:
-        return self._render_camera("front") if self.render_mode == "rgb_array" else None
+        return self.render_camera("front") if self.render_mode == "rgb_array" else None
 
     def close(self) -> None:
         if self._renderer is not None:
