@@ -1,14 +1,16 @@
-"""``robotok-record-scenes``: the first frame of many fresh scenes, with where the prompted object is in it.
+"""``robotok-record-scenes``: a frame of many fresh scenes, with where the prompted object is in it.
 
 A policy that must find the cup its prompt names learns that from many scenes, and demonstrations are what
 cost: the frame stem of a 500-demonstration policy never learned which cup is named (README, "Which choices
 mattered"), while the same stem told directly which cell of the image holds the named cup learns it from
 5,000 scenes in seconds. A scene is one reset and one render (a few ms). This writes, per scene, the
-prompt, one camera's first frame and the pixel of the prompted object in it; ``robotok-pretokenize
---scenes`` tokenises them and ``robotok-train --ground-weight`` adds the pointing loss. The pixel is a
-training target only: the policy's inputs stay the prompt, the camera and the state.
+prompt, one camera's first frame (or, with ``--rollout K``, its frame after a random 0..K steps of the noisy
+scripted expert, so that the arm is in the picture as in a policy's later frames; ~1 ms per step without
+rendering) and the pixel of the prompted object in it; ``robotok-pretokenize --scenes`` tokenises them and
+``robotok-train --ground-weight`` adds the pointing loss. The pixel is a training target only: the policy's
+inputs stay the prompt, the camera and the state.
 
-    robotok-record-scenes --env robotok/PickCup-v0 --scenes 5000 --out runs/demo/scenes/pickcup.npz
+    robotok-record-scenes --scenes 5000 --rollout 45 --workers 2 --out runs/demo/scenes/pickcup.npz
 
 Seeds start at 1,000,000 by default, apart from demonstrations (from 0) and evaluation (from 100,000).
 The file is written whole or not at all (a temporary file, then a rename).
@@ -16,9 +18,11 @@ The file is written whole or not at all (a temporary file, then a rename).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +31,7 @@ import numpy as np
 import tyro
 from tqdm import tqdm
 
-from robotok.sim_envs import json_object  # importing the package also registers the env ids
+from robotok.sim_envs import json_object, make_expert  # importing the package also registers the env ids
 
 SCENES_FORMAT = "robotok-scenes-v1"
 
@@ -50,38 +54,92 @@ class ScenesConfig:
     height: int = 64
     env_kwargs: str = "{}"
     """JSON object of extra gym.make keyword arguments, e.g. '{"num_cups": 2}'."""
+    rollout: int = 0
+    """Keep the frame after a random 0..rollout steps of the scripted expert (drawn per scene from its seed)
+    instead of the first: the arm then reaches over, in front of and under the cup as in a policy's later
+    frames (0: first frames only)."""
+    noise: float = 0.3
+    """The expert's action noise during --rollout (robotok-record --noise)."""
+    workers: int = 1
+    """Processes that render scenes (spawned; each makes its own renderer)."""
 
     def __post_init__(self) -> None:
-        if self.scenes < 1 or self.seed_start < 0:
-            raise ValueError(f"scenes {self.scenes} must be >= 1 and seed_start {self.seed_start} >= 0")
+        if self.scenes < 1 or self.workers < 1 or self.seed_start < 0 or self.rollout < 0 or self.noise < 0:
+            raise ValueError(
+                f"scenes {self.scenes} and workers {self.workers} must be >= 1; seed_start {self.seed_start}, "
+                f"rollout {self.rollout} and noise {self.noise} >= 0"
+            )
         if self.out.suffix != ".npz":
             raise ValueError(f"out {self.out}: give a .npz file name")
 
 
-def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
-    """Render ``cfg.scenes`` first frames and write ``cfg.out``; returns a summary."""
-    if cfg.env not in gym.registry:
-        known = ", ".join(k for k in gym.registry if k.startswith("robotok/"))
-        raise ValueError(f"unknown env id {cfg.env!r}; use one of: {known}")
-    env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **json_object("env_kwargs", cfg.env_kwargs))
-    base = env.unwrapped
-    if not hasattr(base, "target_pixel"):
-        env.close()
+def _make_env(cfg: ScenesConfig) -> gym.Env:
+    """The env without observation cameras (a scene renders its one camera once, at the end)."""
+    kwargs = {**json_object("env_kwargs", cfg.env_kwargs), "cameras": ()}
+    try:
+        env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **kwargs)
+    except TypeError:
+        env = None
+    if env is None or not hasattr(env.unwrapped, "target_pixel"):
+        if env is not None:
+            env.close()
         raise ValueError(f"{cfg.env} names no object to point at (its env has no target_pixel); use PickCup")
-    n, t0 = cfg.scenes, time.perf_counter()
+    if cfg.camera not in env.unwrapped.CAMERAS:
+        env.close()
+        raise ValueError(f"camera {cfg.camera!r}: choose from {env.unwrapped.CAMERAS}")
+    return env
+
+
+def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scenes ``first .. first+n-1`` of ``cfg``: frames [n, H, W, 3], pixels [n, 2], prompts. Runs in a worker."""
+    env = _make_env(cfg)
+    base = env.unwrapped
     frames = np.zeros((n, cfg.height, cfg.width, 3), np.uint8)
     pixel = np.zeros((n, 2), np.float32)
     prompts = []
     try:
-        for i in tqdm(range(n), desc=f"scenes {cfg.env}", unit="scene", disable=not progress):
-            obs, info = env.reset(seed=cfg.seed_start + i)
-            if cfg.camera not in obs["pixels"]:
-                raise ValueError(f"camera {cfg.camera!r} not in {sorted(obs['pixels'])}")
-            frames[i] = obs["pixels"][cfg.camera]
-            pixel[i] = base.target_pixel(cfg.camera)
+        for j in range(n):
+            seed = cfg.seed_start + first + j
+            obs, info = env.reset(seed=seed)
+            if cfg.rollout:
+                expert = make_expert(env, noise=cfg.noise)
+                for _ in range(np.random.default_rng([seed, 7]).integers(cfg.rollout + 1)):
+                    obs, _, terminated, truncated, _ = env.step(np.asarray(expert(obs), np.float32))
+                    if terminated or truncated:
+                        break
+            frames[j] = base.render_camera(cfg.camera)
+            pixel[j] = base.target_pixel(cfg.camera)
             prompts.append(info["prompt"])
     finally:
         env.close()
+    return frames, pixel, prompts
+
+
+def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
+    """Render ``cfg.scenes`` scenes (over ``cfg.workers`` processes) and write ``cfg.out``; returns a summary."""
+    if cfg.env not in gym.registry:
+        known = ", ".join(k for k in gym.registry if k.startswith("robotok/"))
+        raise ValueError(f"unknown env id {cfg.env!r}; use one of: {known}")
+    _make_env(cfg).close()  # bad env or kwargs fail here, before any worker starts
+    n, t0 = cfg.scenes, time.perf_counter()
+    step = max(1, min(200, -(-n // (4 * cfg.workers))))  # chunks: a few per worker, for the progress bar
+    chunks = [(i, min(step, n - i)) for i in range(0, n, step)]
+    bar = tqdm(total=n, desc=f"scenes {cfg.env}", unit="scene", disable=not progress)
+    if cfg.workers == 1:
+        parts = []
+        for i, k in chunks:
+            parts.append(render_range(cfg, i, k))
+            bar.update(k)
+    else:  # spawn: a process forked after a GL context exists hangs
+        with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
+            futures = [pool.submit(render_range, cfg, i, k) for i, k in chunks]
+            for f in as_completed(futures):
+                bar.update(len(f.result()[2]))
+            parts = [f.result() for f in futures]
+    bar.close()
+    frames = np.concatenate([p[0] for p in parts])
+    pixel = np.concatenate([p[1] for p in parts])
+    prompts = [x for p in parts for x in p[2]]
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{cfg.out.name}.", suffix=".npz", dir=cfg.out.parent)
     os.close(fd)
@@ -93,6 +151,7 @@ def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
             prompt=np.asarray(prompts),
             seed=np.arange(cfg.seed_start, cfg.seed_start + n, dtype=np.int64),
             meta=np.asarray([SCENES_FORMAT, cfg.env, cfg.camera]),
+            rollout=np.int64(cfg.rollout),
         )
         os.replace(tmp, cfg.out)
     except BaseException:

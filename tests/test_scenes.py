@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -28,6 +29,30 @@ def test_each_scene_shows_its_prompted_cup_at_its_pixel(tmp_path) -> None:
         seen = names[int(np.argmin(np.abs(chroma - patch / patch.max()).sum(1)))]
         assert re.search(rf"\b{seen}\b", str(prompt)), (seen, prompt)
     assert len({f.tobytes() for f in s["frames"]}) == 10
+
+
+def test_a_rollout_shows_the_arm_reaching_and_keeps_the_scene(tmp_path) -> None:
+    """--rollout K: each scene's frame follows its own 0..K expert steps (drawn from its seed): the arm has moved
+    where steps were taken, the prompt stays the scene's, and the pixel follows the cup it names. Two worker
+    processes give each scene what one process gives it."""
+    first = load_scenes(record_scenes(ScenesConfig(scenes=8, out=tmp_path / "a.npz"), progress=False)["out"])
+    cfg = ScenesConfig(scenes=8, out=tmp_path / "b.npz", rollout=60, workers=2)  # 2 spawned processes
+    rolled = load_scenes(record_scenes(cfg, progress=False)["out"])
+    steps = [np.random.default_rng([1_000_000 + i, 7]).integers(61) for i in range(8)]
+    assert (np.asarray(steps) > 5).sum() >= 4
+    np.testing.assert_array_equal(rolled["prompt"], first["prompt"])
+    for i, k in enumerate(steps):
+        moved = np.abs(rolled["frames"][i].astype(int) - first["frames"][i]).max(-1) > 30
+        assert (moved.sum() > 20) == (k > 5), (i, k, moved.sum())  # the arm's pixels, once it has moved
+    lifted = [i for i, k in enumerate(steps) if k >= 55]  # the expert has the cup in the air by then
+    for i in lifted:
+        assert rolled["pixel"][i][0] < first["pixel"][i][0] - 1, (i, rolled["pixel"][i], first["pixel"][i])
+    one = load_scenes(record_scenes(replace(cfg, out=tmp_path / "one.npz", workers=1), progress=False)["out"])
+    for k in ("frames", "pixel", "prompt"):
+        np.testing.assert_array_equal(one[k], rolled[k])
+    with pytest.raises(ValueError, match="choose from"):
+        record_scenes(ScenesConfig(scenes=1, out=tmp_path / "c.npz", camera="top"), progress=False)
+    assert not (tmp_path / "c.npz").exists()
 
 
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, monkeypatch) -> None:
