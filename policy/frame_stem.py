@@ -1,6 +1,7 @@
-"""The frame inputs of the policy transformer: where each video id sits in its frame, and a small CNN over the
-observed frames' code vectors, conditioned on the prompt (``ModelConfig.video_grid``, ``video_stem`` and
-``prompt_film`` in ``robotok.policy.model``).
+"""The frame inputs of the policy transformer: where each video id sits in its frame, a small CNN over the
+observed frames' code vectors, conditioned on the prompt, and the place in each observed frame that the CNN's
+pointing read-out marks (``ModelConfig.video_grid``, ``video_stem``, ``prompt_film``, ``ground_head`` and
+``keypoint`` in ``robotok.policy.model``).
 
 Video ids stay the stream's tokens: everything here only adds to their input embeddings, and is written as
 gathers and masked reductions along the sequence (no loops, static shapes), so that the same code runs in
@@ -17,6 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from robotok.tokenizers.space import ACT_CLOSE, FRAME_CLOSE, FRAME_OPEN, SEP, SPECIAL, TEXT_SIZE
+
+KEYPOINT_OCTAVES = 4  # Fourier features of the keypoint at 1, 2, 4 and 8 periods across the frame
 
 if TYPE_CHECKING:
     from robotok.policy.model import ModelConfig
@@ -79,8 +82,16 @@ class FrameStem(nn.Module):
             self.byte_emb = nn.Embedding(TEXT_SIZE, 32)
             self.prompt_conv = nn.Conv1d(32, p, 3, padding=1)
             self.film = nn.Linear(p, 2 * c)
-        if cfg.ground_head:  # training's pointing read-out (ModelConfig.ground_head): one logit per cell
+        if cfg.ground_head:  # the pointing read-out (ModelConfig.ground_head): one logit per cell
             self.point = nn.Linear(cfg.d_model, 1, bias=False)  # a softmax over cells ignores a shared bias
+        if cfg.keypoint:  # ModelConfig.keypoint: each cell's sub-cell place, and the embedding of the soft-argmax
+            self.offset = nn.Linear(cfg.d_model, 2)
+            self.kp_proj = nn.Linear(2 + 4 * KEYPOINT_OCTAVES, cfg.d_model, bias=False)
+            r, q = torch.meshgrid(torch.arange(self.h), torch.arange(self.w), indexing="ij")
+            centre = torch.stack([r, q], -1).reshape(-1, 2).float() + 0.5
+            self.register_buffer("centre", centre, persistent=False)  # [h*w, 2] row, col in cells
+            freqs = torch.pi * 2.0 ** torch.arange(KEYPOINT_OCTAVES).float()
+            self.register_buffer("freqs", freqs, persistent=False)
         offsets = [(dr, dq) for dr in (-1, 0, 1) for dq in (-1, 0, 1)]
         self.register_buffer("dr", torch.tensor([o[0] for o in offsets]), persistent=False)
         self.register_buffer("dq", torch.tensor([o[1] for o in offsets]), persistent=False)
@@ -95,6 +106,10 @@ class FrameStem(nn.Module):
             nn.init.zeros_(self.film.bias)
         if hasattr(self, "point"):
             self.point.reset_parameters()
+        if hasattr(self, "offset"):
+            nn.init.zeros_(self.offset.weight)  # every cell's place starts at its centre
+            nn.init.zeros_(self.offset.bias)
+            self.kp_proj.reset_parameters()
 
     def encode_prompt(self, idx: Tensor, pos0: Tensor, cond_before: Tensor | None) -> Tensor:
         """[B, prompt_film]: the encoding of the prompt, the text ids before the first SEP of ids that start the
@@ -109,15 +124,46 @@ class FrameStem(nn.Module):
         before = torch.zeros_like(pooled) if cond_before is None else cond_before.to(pooled)
         return torch.where(first, pooled, before)
 
-    def point_logits(self, prompt: Tensor, video_vecs: Tensor) -> Tensor:
+    def point_logits(self, prompt: Tensor, video_vecs: Tensor) -> tuple[Tensor, Tensor | None]:
         """Logits [B, h*w] of which cell of a lone frame holds what the prompt names: ``prompt`` [B, P] ids
         (``BOS bytes SEP``, anything after), ``video_vecs`` [B, h*w, d_code] the frame's code vectors, row-major.
-        The training target of the pointing loss; the policy acts without it."""
+        With ``keypoint`` also the soft-argmax place [B, 2] (row, col in cells) that ``keypoint`` embeds; else None.
+        What the pointing loss trains."""
         b, n = video_vecs.shape[:2]
         cond = self.encode_prompt(prompt, torch.zeros((), dtype=torch.long, device=prompt.device), None)
         cell = torch.arange(n, device=prompt.device).expand(b, n)
         out = self(video_vecs, cell, torch.ones_like(cell, dtype=torch.bool), cond)
-        return self.point(out).squeeze(-1)
+        logits = self.point(out).squeeze(-1)
+        if not hasattr(self, "offset"):
+            return logits, None
+        places = self.centre + self._offsets(out)  # [B, h*w, 2]
+        return logits, (torch.softmax(logits.float(), -1).unsqueeze(-1) * places).sum(1)
+
+    def _offsets(self, out: Tensor) -> Tensor:
+        """[..., 2] fp32: how far each cell's point lies from the cell's centre (at most half a cell each way)."""
+        return 0.5 * torch.tanh(self.offset(out).float())
+
+    def keypoint(self, idx: Tensor, out: Tensor, observed: Tensor) -> Tensor:
+        """[B, T, d_model]: at each FRAME_CLOSE that ends a whole observed frame of ``idx`` [B, T], the embedding of
+        that frame's soft-argmax place (``point_logits``), from the stem's output ``out`` [B, T, d_model]; zero
+        elsewhere. The h*w ids before such a FRAME_CLOSE are its frame's cells in order (the grammar's layout)."""
+        t, n = idx.shape[1], self.h * self.w
+        j = torch.arange(t, device=idx.device)[:, None] - n + torch.arange(n, device=idx.device)  # [T, n]
+        jc = j.clamp(min=0)
+        whole = (observed[:, jc] & (j >= 0)).all(-1)  # [B, T]
+        close = (idx == FRAME_CLOSE) & whole
+        logits = self.point(out).squeeze(-1).float()[:, jc]  # [B, T, n]
+        places = self.centre + self._offsets(out)[:, jc]  # [B, T, n, 2]: the k-th id before is cell k
+        place = (torch.softmax(logits, -1).unsqueeze(-1) * places).sum(2)  # [B, T, 2] in cells
+        return self.embed_place(place) * close.unsqueeze(-1).to(out.dtype)
+
+    def embed_place(self, place: Tensor) -> Tensor:
+        """[..., d_model]: the input embedding of a place [..., 2] (row, col in cells): the place scaled to
+        [-1, 1] across the frame and its sines and cosines at 1, 2, 4 and 8 periods, projected to the width."""
+        u = place.float() / self.centre.new_tensor([self.h, self.w]) * 2 - 1
+        ang = u.unsqueeze(-1) * self.freqs  # [..., 2, octaves]
+        feats = torch.cat([u, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1)
+        return self.kp_proj(feats.to(self.kp_proj.weight.dtype))
 
     def _conv(self, x: Tensor, layer: nn.Linear, index: Tensor, valid: Tensor) -> Tensor:
         b, t, c = x.shape

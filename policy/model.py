@@ -16,7 +16,8 @@ Conventions:
   graph; ``forward_cached(idx, cache)`` writes into a preallocated ``KVCache`` in place and attends only
   to the filled prefix, for speed in torch.
 - Frame inputs (``robotok.policy.frame_stem``, off unless the config sets them): a video id's input embedding
-  adds its cell's embedding and, in observed frames, a small prompt-conditioned CNN's reading of the frame.
+  adds its cell's embedding and, in observed frames, a small prompt-conditioned CNN's reading of the frame;
+  with ``keypoint`` an observed frame's FRAME_CLOSE adds the embedding of the place that CNN points at.
 - FSDP2 wrap units: every element of ``model.blocks`` (a ``Block``); the root unit keeps the tied
   embedding and the final norm. See ``robotok.policy.train``.
 
@@ -76,8 +77,14 @@ class ModelConfig:
     (FiLM), so the stem compares each patch with what the prompt names (0: none; needs ``video_stem``)."""
     ground_head: bool = False
     """A linear read-out of the stem's output per cell of a lone frame, trained to mark the cell that holds what
-    the prompt names (``Transformer.ground_logits``; robotok-train's pointing loss). Training only: acting never
-    calls it. Needs ``prompt_film``."""
+    the prompt names (``Transformer.ground_logits``; robotok-train's pointing loss). Without ``keypoint`` it is
+    training only: acting never calls it. Needs ``prompt_film``."""
+    keypoint: bool = False
+    """Hand the policy the place the prompt names as two numbers: per observed frame, the soft-argmax of the
+    pointing read-out over its cells (each cell's centre moved by a learned sub-cell offset) is embedded with
+    Fourier features and added to the frame's FRAME_CLOSE input (``FrameStem.keypoint``). A spatial soft-argmax
+    (Levine et al. 2016) instead of a place the transformer must infer from which of 64 tokens carries the mark.
+    Trained by the pointing loss (cell and sub-cell place) and the policy loss; needs ``ground_head``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
@@ -90,6 +97,8 @@ class ModelConfig:
             raise ValueError("prompt_film conditions the frame stem: set video_stem too")
         if self.ground_head and not self.prompt_film:
             raise ValueError("ground_head reads the prompt-conditioned stem: set prompt_film too")
+        if self.keypoint and not self.ground_head:
+            raise ValueError("keypoint is the soft-argmax of the pointing read-out: set ground_head too")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
@@ -380,12 +389,20 @@ class Transformer(nn.Module):
         x = x + self.cell_emb(cell) * in_frame.unsqueeze(-1).to(x.dtype)
         cond = self.stem.encode_prompt(idx, pos0, cond_before) if self.cfg.prompt_film else None
         if self.stem is not None:
-            x = x + self.stem(vec, cell, observed, cond).to(x.dtype)
+            stem = self.stem(vec, cell, observed, cond)
+            x = x + stem.to(x.dtype)
+            if self.cfg.keypoint:
+                x = x + self.stem.keypoint(idx, stem, observed).to(x.dtype)
         return x, open_after, cond
 
     def ground_logits(self, prompt: Tensor, video: Tensor) -> Tensor:
         """Which cell of a lone frame holds what the prompt names: logits [B, h*w] from ``prompt`` [B, P] ids
-        (``BOS bytes SEP``, PAD after) and ``video`` [B, h*w] video ids (``cfg.ground_head``; training only)."""
+        (``BOS bytes SEP``, PAD after) and ``video`` [B, h*w] video ids (``cfg.ground_head``)."""
+        return self.ground_point(prompt, video)[0]
+
+    def ground_point(self, prompt: Tensor, video: Tensor) -> tuple[Tensor, Tensor | None]:
+        """``ground_logits`` and, with ``cfg.keypoint``, the soft-argmax place [B, 2] (row, col in cells, the
+        grid's corner at 0) that the policy is handed (None without)."""
         if not self.cfg.ground_head:
             raise ValueError("this model has no ground head (ModelConfig.ground_head)")
         vecs = self.video_vecs[video - self.cfg.video_start]

@@ -384,11 +384,12 @@ def pixel_cells(pixel: np.ndarray, size: tuple[int, int], grid: tuple[int, int])
 
 def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer: Any) -> dict[str, np.ndarray]:
     """Tokenise ``robotok-record-scenes`` arrays for the pointing loss: ``prompt`` [N, P] (``BOS bytes SEP``,
-    PAD after), ``video`` [N, h*w] (the frame's video ids) and ``cell`` [N] (the grid cell, row-major, holding the
-    prompted object's pixel). Scenes whose object is out of the frame are left out."""
+    PAD after), ``video`` [N, h*w] (the frame's video ids), ``cell`` [N] (the grid cell, row-major, holding the
+    prompted object's pixel) and ``point`` [N, 2] (that pixel in cells: row, col, the grid's corner at 0). Scenes
+    whose object is out of the frame are left out."""
     grid = tuple(video_tokenizer.grid)
     size = tuple(int(x) for x in video_tokenizer.cfg.image_size)
-    prompts, videos, cells = [], [], []
+    prompts, videos, cells, points = [], [], [], []
     for sc in scenes:
         frames = sc["frames"]
         if tuple(frames.shape[1:3]) != size:
@@ -403,6 +404,7 @@ def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer:
         codes = np.concatenate([video_tokenizer.encode(frames[idx[j : j + 256]]) for j in range(0, len(idx), 256)])
         videos.append(space.video_ids(codes).reshape(len(idx), -1))
         cells.append(cell[idx])
+        points.append(np.asarray(sc["pixel"], np.float32)[idx] * np.float32([grid[0] / size[0], grid[1] / size[1]]))
         prompts += [space.encode_prompt(str(sc["prompt"][i])) for i in idx]
     if not prompts:
         raise ValueError("no scene shows its prompted object inside the frame; check the scenes' --camera")
@@ -410,7 +412,12 @@ def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer:
     assert PAD == 0
     for i, ids in enumerate(prompts):
         prompt[i, : len(ids)] = ids
-    return {"prompt": prompt, "video": np.concatenate(videos).astype(np.int32), "cell": np.concatenate(cells)}
+    return {
+        "prompt": prompt,
+        "video": np.concatenate(videos).astype(np.int32),
+        "cell": np.concatenate(cells),
+        "point": np.concatenate(points),
+    }
 
 
 def _unique_names(paths: list[Path]) -> list[str]:

@@ -89,6 +89,10 @@ class TrainConfig:
     over the frame's cells, ``Transformer.ground_logits``). Training only; needs --prompt-film."""
     ground_batch: int = 64
     """Scenes per optimizer step of the pointing loss (global, like --batch-size)."""
+    keypoint: bool = False
+    """Hand the policy the pointed place (ModelConfig.keypoint: the soft-argmax of the pointing read-out, added
+    to each observed frame's FRAME_CLOSE); the pointing loss then also fits that place to the object's pixel
+    (a Huber loss in cells). Needs --ground-weight."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -129,6 +133,8 @@ class TrainConfig:
             )
         if self.ground_weight and not self.prompt_film:
             raise ValueError("--ground-weight trains the prompt-conditioned stem to point: set --prompt-film too")
+        if self.keypoint and not self.ground_weight:
+            raise ValueError("--keypoint hands the policy what the pointing loss trains: set --ground-weight too")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
@@ -307,6 +313,7 @@ class Trainer:
                 else {}
             ),
             **({"ground_head": True} if cfg.ground_weight else {}),
+            **({"keypoint": True} if cfg.keypoint else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)
@@ -364,6 +371,13 @@ class Trainer:
             raise SystemExit(f"{err} --ground-batch {cfg.ground_batch} must divide into world size {self.world}")
         with np.load(path) as z:
             g = {k: torch.from_numpy(z[k].astype(np.int64)).to(self.device) for k in ("prompt", "video", "cell")}
+            if cfg.keypoint:
+                if "point" not in z:
+                    raise SystemExit(
+                        f"{err} --keypoint fits the pointed place, and {path} has none (made by an older "
+                        "robotok-pretokenize); pre-tokenise the scenes again"
+                    )
+                g["point"] = torch.from_numpy(z["point"].astype(np.float32)).to(self.device)
         n_val = min(256, len(g["cell"]) // 10)
         g["train"], g["val"] = np.arange(n_val, len(g["cell"])), np.arange(n_val)
         return g
@@ -376,8 +390,11 @@ class Trainer:
         per = cfg.ground_batch // self.world
         rows = torch.from_numpy(rows[self.rank * per : (self.rank + 1) * per]).to(self.device)
         with self._amp():
-            logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows])
-        return torch.nn.functional.cross_entropy(logits.float(), g["cell"][rows])
+            logits, place = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
+        loss = torch.nn.functional.cross_entropy(logits.float(), g["cell"][rows])
+        if place is not None:  # --keypoint: the soft-argmax place, within the cell, at the object's pixel
+            loss = loss + torch.nn.functional.smooth_l1_loss(place, g["point"][rows], beta=0.5)
+        return loss
 
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
         out = self.cfg.out
@@ -492,9 +509,12 @@ class Trainer:
         if self.ground is not None and len(self.ground["val"]):
             g, rows = self.ground, torch.from_numpy(self.ground["val"]).to(self.device)
             with self._amp():
-                logits = self.raw.ground_logits(g["prompt"][rows], g["video"][rows]).float()
+                logits, place = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
+            logits = logits.float()
             out["val/ground_loss"] = float(torch.nn.functional.cross_entropy(logits, g["cell"][rows]))
             out["val/ground_acc"] = float((logits.argmax(-1) == g["cell"][rows]).float().mean())  # held-out scenes
+            if place is not None:  # mean distance of the handed place from the object's pixel, in cells
+                out["val/ground_place_err"] = float((place - g["point"][rows]).norm(dim=-1).mean())
         self.model.train()
         return out
 

@@ -23,7 +23,7 @@ VIDEO, LEVELS, GRID = 300, (8, 5, 5, 5), (4, 4)  # 1,000 video ids from 300; a 4
 STATE, ACTION = 280, 1400  # a state id (after the 256 text ids from 10) and an action id
 
 
-def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False) -> Transformer:
+def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False, keypoint: bool = False) -> Transformer:
     torch.manual_seed(seed)
     cfg = preset(
         "micro",
@@ -33,9 +33,14 @@ def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False) -> T
         video_grid=GRID,
         video_stem=stem,
         prompt_film=film,
-        ground_head=ground,
+        ground_head=ground or keypoint,
+        keypoint=keypoint,
     )
-    return Transformer(cfg).eval()
+    m = Transformer(cfg).eval()
+    if keypoint:  # a read-out that marks cells and moves their points (both start flat or at zero)
+        torch.nn.init.normal_(m.stem.point.weight)
+        torch.nn.init.normal_(m.stem.offset.weight)
+    return m
 
 
 def frame(g: torch.Generator) -> list[int]:
@@ -64,12 +69,12 @@ def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
     torch.testing.assert_close(got, stem.out(h.flatten(2).transpose(1, 2)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("film", [0, 16])
+@pytest.mark.parametrize("film,keypoint", [(0, False), (16, False), (16, True)])
 @torch.no_grad()
-def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film):
+def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint):
     """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
     predicted frame and state): the cache carries the open frame and the prompt's encoding across calls."""
-    m = make(film)
+    m = make(film, keypoint=keypoint)
     if film:
         torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
     ids, a = sample()
@@ -133,6 +138,34 @@ def test_cells_tell_equal_codes_apart_and_the_prompt_conditions_observed_frames_
     torch.testing.assert_close(y[0, -1], plain, atol=1e-6, rtol=0)
 
 
+@torch.no_grad()
+def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close():
+    """ModelConfig.keypoint: the observed frame's FRAME_CLOSE input gains the embedding of the soft-argmax place
+    that the pointing read-out gives the lone frame under the same prompt; no other position changes, and
+    another prompt moves it."""
+    m = make(film=16, keypoint=True)
+    torch.nn.init.normal_(m.stem.film.weight)
+    ids, a = sample()
+    plain = make(film=16)
+    plain.load_state_dict(m.state_dict(), strict=False)
+    plain.stem.film.load_state_dict(m.stem.film.state_dict())
+    x, x0 = m.embed(torch.tensor([ids]))[0][0], plain.embed(torch.tensor([ids]))[0][0]
+    close, first = ids.index(FRAME_CLOSE), ids.index(FRAME_OPEN) + 1
+    changed = (x - x0).abs().amax(-1).nonzero().flatten().tolist()
+    assert changed == [close], changed  # the predicted frame's FRAME_CLOSE gets nothing
+    sep = ids.index(SEP) + 1
+    prompt, video = torch.tensor([ids[:sep]]), torch.tensor([ids[first:close]])
+    logits, place = m.ground_point(prompt, video)
+    assert place.shape == (1, 2) and logits.shape == (1, 16)
+    torch.testing.assert_close(x[close] - x0[close], m.stem.embed_place(place)[0], atol=1e-5, rtol=0)
+    other = [BOS, *(10 + b for b in b"get the blue cup"), SEP]
+    assert (m.ground_point(torch.tensor([other]), video)[1] - place).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="set ground_head"):
+        preset(
+            "micro", video_start=VIDEO, video_levels=LEVELS, video_grid=GRID, video_stem=8, prompt_film=8, keypoint=True
+        )
+
+
 def test_config_names_what_the_stem_needs():
     with pytest.raises(ValueError, match="video_stem needs"):
         preset("micro", video_grid=GRID, video_stem=8)
@@ -142,8 +175,9 @@ def test_config_names_what_the_stem_needs():
         preset("micro", video_grid=(4,))
 
 
-def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path):
-    m = make(film=16)
+@pytest.mark.parametrize("keypoint", [False, True])
+def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path, keypoint):
+    m = make(film=16, keypoint=keypoint)
     torch.nn.init.normal_(m.stem.film.weight)
     export_transformer(m, tmp_path)
     ids, a = sample()

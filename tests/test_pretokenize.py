@@ -359,6 +359,7 @@ def test_scenes_become_the_pointing_set_that_training_reads(world, ground, tmp_p
     for i, k in enumerate(np.flatnonzero(inside)):
         r, c = (scenes["pixel"][k] * np.array(grid) / np.array([H, W])).astype(int)
         assert g["cell"][i] == r * grid[1] + c
+        np.testing.assert_allclose(g["point"][i], scenes["pixel"][k] * np.array(grid) / np.array([H, W]), rtol=1e-6)
         ids = g["prompt"][i][g["prompt"][i] != PAD]
         assert list(ids) == space.encode_prompt(str(scenes["prompt"][k]))
         expect = space.video_ids(world["vt"].encode(scenes["frames"][k : k + 1])).ravel()
@@ -369,6 +370,11 @@ def test_scenes_become_the_pointing_set_that_training_reads(world, ground, tmp_p
     assert np.isfinite(log[-1]["train/ground_loss"]) and 0.0 <= log[-1]["val/ground_acc"] <= 1.0
     with pytest.raises(SystemExit, match="no ground.npz"):
         train(replace(tc, data=world["out"]))
+    train(replace(tc, out=tmp_path / "keypoint", keypoint=True))  # the pointed place handed to the policy
+    log = [json.loads(x) for x in (tmp_path / "keypoint" / "log.jsonl").read_text().splitlines()]
+    assert 0.0 <= log[-1]["val/ground_place_err"] < max(grid) and np.isfinite(log[-1]["train/ground_loss"])
+    with pytest.raises(ValueError, match="set --ground-weight"):
+        replace(tc, ground_weight=0.0, keypoint=True)
 
 
 @pytest.mark.slow
