@@ -57,6 +57,14 @@ def frame_layout(
     return cell, in_frame, observed, open_after
 
 
+def _soft(logits: Tensor, dim: int) -> Tensor:
+    """fp32 softmax over ``dim``, cells more than 30 nats below the best given exactly 0: a confident read-out
+    otherwise fills the soft-argmax with subnormal floats, which made CPU training steps 2x slower."""
+    z = logits.float()
+    z = (z - z.amax(dim, keepdim=True).detach()).clamp(min=-30.0)
+    return torch.where(z > -30.0, torch.softmax(z, dim), torch.zeros_like(z))
+
+
 class FrameStem(nn.Module):
     """Two 3x3 convolutions over a frame's grid of code vectors (zero padding), then a projection to the width.
 
@@ -84,9 +92,13 @@ class FrameStem(nn.Module):
             self.film = nn.Linear(p, 2 * c)
         if cfg.ground_head:  # the pointing read-out (ModelConfig.ground_head): one logit per cell
             self.point = nn.Linear(cfg.d_model, 1, bias=False)  # a softmax over cells ignores a shared bias
+        self.k = 2 if cfg.keypoint_effector else 1  # read-outs: the named object, the robot's effector
+        if cfg.keypoint_effector:
+            self.point_effector = nn.Linear(cfg.d_model, 1, bias=False)
         if cfg.keypoint:  # ModelConfig.keypoint: each cell's sub-cell place, and the embedding of the soft-argmax
-            self.offset = nn.Linear(cfg.d_model, 2)
-            self.kp_proj = nn.Linear(2 + 4 * KEYPOINT_OCTAVES, cfg.d_model, bias=False)
+            self.offset = nn.Linear(cfg.d_model, 2 * self.k)
+            places = 3 if self.k == 2 else 1  # with the effector: the object, the effector, the one from the other
+            self.kp_proj = nn.Linear(places * (2 + 4 * KEYPOINT_OCTAVES), cfg.d_model, bias=False)
             r, q = torch.meshgrid(torch.arange(self.h), torch.arange(self.w), indexing="ij")
             centre = torch.stack([r, q], -1).reshape(-1, 2).float() + 0.5
             self.register_buffer("centre", centre, persistent=False)  # [h*w, 2] row, col in cells
@@ -106,6 +118,8 @@ class FrameStem(nn.Module):
             nn.init.zeros_(self.film.bias)
         if hasattr(self, "point"):
             self.point.reset_parameters()
+        if hasattr(self, "point_effector"):
+            self.point_effector.reset_parameters()
         if hasattr(self, "offset"):
             nn.init.zeros_(self.offset.weight)  # every cell's place starts at its centre
             nn.init.zeros_(self.offset.bias)
@@ -125,23 +139,29 @@ class FrameStem(nn.Module):
         return torch.where(first, pooled, before)
 
     def point_logits(self, prompt: Tensor, video_vecs: Tensor) -> tuple[Tensor, Tensor | None]:
-        """Logits [B, h*w] of which cell of a lone frame holds what the prompt names: ``prompt`` [B, P] ids
-        (``BOS bytes SEP``, anything after), ``video_vecs`` [B, h*w, d_code] the frame's code vectors, row-major.
-        With ``keypoint`` also the soft-argmax place [B, 2] (row, col in cells) that ``keypoint`` embeds; else None.
-        What the pointing loss trains."""
+        """Logits [B, h*w, K] of which cell of a lone frame holds what the prompt names (and, K = 2, the robot's
+        effector): ``prompt`` [B, P] ids (``BOS bytes SEP``, anything after), ``video_vecs`` [B, h*w, d_code] the
+        frame's code vectors, row-major. With ``keypoint`` also the soft-argmax places [B, K, 2] (row, col in
+        cells) that ``keypoint`` embeds; else None. What the pointing loss trains."""
         b, n = video_vecs.shape[:2]
         cond = self.encode_prompt(prompt, torch.zeros((), dtype=torch.long, device=prompt.device), None)
         cell = torch.arange(n, device=prompt.device).expand(b, n)
         out = self(video_vecs, cell, torch.ones_like(cell, dtype=torch.bool), cond)
-        logits = self.point(out).squeeze(-1)
+        logits = self._logits(out)
         if not hasattr(self, "offset"):
             return logits, None
-        places = self.centre + self._offsets(out)  # [B, h*w, 2]
-        return logits, (torch.softmax(logits.float(), -1).unsqueeze(-1) * places).sum(1)
+        places = self.centre[:, None] + self._offsets(out)  # [B, h*w, K, 2]
+        return logits, (_soft(logits, 1).unsqueeze(-1) * places).sum(1)
+
+    def _logits(self, out: Tensor) -> Tensor:
+        """[..., K]: the read-outs' logits (the named object; the effector with ``keypoint_effector``)."""
+        if self.k == 1:
+            return self.point(out)
+        return torch.cat([self.point(out), self.point_effector(out)], -1)
 
     def _offsets(self, out: Tensor) -> Tensor:
-        """[..., 2] fp32: how far each cell's point lies from the cell's centre (at most half a cell each way)."""
-        return 0.5 * torch.tanh(self.offset(out).float())
+        """[..., K, 2] fp32: how far each cell's point lies from the cell's centre (at most half a cell each way)."""
+        return 0.5 * torch.tanh(self.offset(out).float()).unflatten(-1, (self.k, 2))
 
     def keypoint(self, idx: Tensor, out: Tensor, observed: Tensor) -> Tensor:
         """[B, T, d_model]: at each FRAME_CLOSE that ends a whole observed frame of ``idx`` [B, T], the embedding of
@@ -152,17 +172,20 @@ class FrameStem(nn.Module):
         jc = j.clamp(min=0)
         whole = (observed[:, jc] & (j >= 0)).all(-1)  # [B, T]
         close = (idx == FRAME_CLOSE) & whole
-        logits = self.point(out).squeeze(-1).float()[:, jc]  # [B, T, n]
-        places = self.centre + self._offsets(out)[:, jc]  # [B, T, n, 2]: the k-th id before is cell k
-        place = (torch.softmax(logits, -1).unsqueeze(-1) * places).sum(2)  # [B, T, 2] in cells
+        logits = self._logits(out).float()[:, jc]  # [B, T, n, K]
+        places = self.centre[:, None] + self._offsets(out)[:, jc]  # [B, T, n, K, 2]: the i-th id before is cell i
+        place = (_soft(logits, 2).unsqueeze(-1) * places).sum(2)  # [B, T, K, 2] in cells
         return self.embed_place(place) * close.unsqueeze(-1).to(out.dtype)
 
     def embed_place(self, place: Tensor) -> Tensor:
-        """[..., d_model]: the input embedding of a place [..., 2] (row, col in cells): the place scaled to
-        [-1, 1] across the frame and its sines and cosines at 1, 2, 4 and 8 periods, projected to the width."""
-        u = place.float() / self.centre.new_tensor([self.h, self.w]) * 2 - 1
-        ang = u.unsqueeze(-1) * self.freqs  # [..., 2, octaves]
-        feats = torch.cat([u, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1)
+        """[..., d_model]: the input embedding of the places [..., K, 2] (row, col in cells): each scaled to
+        [-1, 1] across the frame (with K = 2 also the first minus the second) and their sines and cosines at 1,
+        2, 4 and 8 periods, projected to the width."""
+        u = place.float() / self.centre.new_tensor([self.h, self.w]) * 2 - 1  # [..., K, 2]
+        if self.k == 2:
+            u = torch.cat([u, (u[..., :1, :] - u[..., 1:, :])], -2)
+        ang = u.unsqueeze(-1) * self.freqs  # [..., P, 2, octaves]
+        feats = torch.cat([u, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1).flatten(-2)
         return self.kp_proj(feats.to(self.kp_proj.weight.dtype))
 
     def _conv(self, x: Tensor, layer: nn.Linear, index: Tensor, valid: Tensor) -> Tensor:

@@ -85,6 +85,10 @@ class ModelConfig:
     Fourier features and added to the frame's FRAME_CLOSE input (``FrameStem.keypoint``). A spatial soft-argmax
     (Levine et al. 2016) instead of a place the transformer must infer from which of 64 tokens carries the mark.
     Trained by the pointing loss (cell and sub-cell place) and the policy loss; needs ``ground_head``."""
+    keypoint_effector: bool = False
+    """With ``keypoint``: a second read-out points at the robot's effector (its grip) in each observed frame, and
+    the policy is handed that place too, and the named place minus it: where the object lies from the gripper,
+    in the image, which is what a reaching controller acts on. Trained on the scenes' effector pixel."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
@@ -99,6 +103,8 @@ class ModelConfig:
             raise ValueError("ground_head reads the prompt-conditioned stem: set prompt_film too")
         if self.keypoint and not self.ground_head:
             raise ValueError("keypoint is the soft-argmax of the pointing read-out: set ground_head too")
+        if self.keypoint_effector and not self.keypoint:
+            raise ValueError("keypoint_effector adds a second keypoint: set keypoint too")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:
@@ -398,11 +404,12 @@ class Transformer(nn.Module):
     def ground_logits(self, prompt: Tensor, video: Tensor) -> Tensor:
         """Which cell of a lone frame holds what the prompt names: logits [B, h*w] from ``prompt`` [B, P] ids
         (``BOS bytes SEP``, PAD after) and ``video`` [B, h*w] video ids (``cfg.ground_head``)."""
-        return self.ground_point(prompt, video)[0]
+        return self.ground_point(prompt, video)[0][..., 0]
 
     def ground_point(self, prompt: Tensor, video: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``ground_logits`` and, with ``cfg.keypoint``, the soft-argmax place [B, 2] (row, col in cells, the
-        grid's corner at 0) that the policy is handed (None without)."""
+        """Logits [B, h*w, K] of the pointing read-outs (K = 1, the named object; 2 with
+        ``cfg.keypoint_effector``: then the effector) and, with ``cfg.keypoint``, their soft-argmax places
+        [B, K, 2] (row, col in cells, the grid's corner at 0) that the policy is handed (None without)."""
         if not self.cfg.ground_head:
             raise ValueError("this model has no ground head (ModelConfig.ground_head)")
         vecs = self.video_vecs[video - self.cfg.video_start]

@@ -385,11 +385,13 @@ def pixel_cells(pixel: np.ndarray, size: tuple[int, int], grid: tuple[int, int])
 def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer: Any) -> dict[str, np.ndarray]:
     """Tokenise ``robotok-record-scenes`` arrays for the pointing loss: ``prompt`` [N, P] (``BOS bytes SEP``,
     PAD after), ``video`` [N, h*w] (the frame's video ids), ``cell`` [N] (the grid cell, row-major, holding the
-    prompted object's pixel) and ``point`` [N, 2] (that pixel in cells: row, col, the grid's corner at 0). Scenes
-    whose object is out of the frame are left out."""
+    prompted object's pixel), ``point`` [N, 2] (that pixel in cells: row, col, the grid's corner at 0), and the
+    robot's effector's ``effector_cell`` [N] (-1: out of frame or unknown) and ``effector`` [N, 2] (in cells; NaN
+    where its cell is -1). Scenes whose object is out of the frame are left out."""
     grid = tuple(video_tokenizer.grid)
     size = tuple(int(x) for x in video_tokenizer.cfg.image_size)
-    prompts, videos, cells, points = [], [], [], []
+    prompts, videos, cells, points, eff_cells, effs = [], [], [], [], [], []
+    scale = np.float32([grid[0] / size[0], grid[1] / size[1]])
     for sc in scenes:
         frames = sc["frames"]
         if tuple(frames.shape[1:3]) != size:
@@ -404,7 +406,11 @@ def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer:
         codes = np.concatenate([video_tokenizer.encode(frames[idx[j : j + 256]]) for j in range(0, len(idx), 256)])
         videos.append(space.video_ids(codes).reshape(len(idx), -1))
         cells.append(cell[idx])
-        points.append(np.asarray(sc["pixel"], np.float32)[idx] * np.float32([grid[0] / size[0], grid[1] / size[1]]))
+        points.append(np.asarray(sc["pixel"], np.float32)[idx] * scale)
+        eff = np.asarray(sc.get("effector", np.full((len(frames), 2), np.nan)), np.float32)[idx]
+        eff_cell = pixel_cells(eff, size, grid)
+        eff_cells.append(eff_cell)
+        effs.append(np.where((eff_cell >= 0)[:, None], eff * scale, np.nan).astype(np.float32))
         prompts += [space.encode_prompt(str(sc["prompt"][i])) for i in idx]
     if not prompts:
         raise ValueError("no scene shows its prompted object inside the frame; check the scenes' --camera")
@@ -417,6 +423,8 @@ def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer:
         "video": np.concatenate(videos).astype(np.int32),
         "cell": np.concatenate(cells),
         "point": np.concatenate(points),
+        "effector_cell": np.concatenate(eff_cells),
+        "effector": np.concatenate(effs),
     }
 
 

@@ -93,6 +93,9 @@ class TrainConfig:
     """Hand the policy the pointed place (ModelConfig.keypoint: the soft-argmax of the pointing read-out, added
     to each observed frame's FRAME_CLOSE); the pointing loss then also fits that place to the object's pixel
     (a Huber loss in cells). Needs --ground-weight."""
+    keypoint_effector: bool = False
+    """With --keypoint: also point at the robot's effector (ModelConfig.keypoint_effector), trained on the
+    scenes' effector pixel (robotok-record-scenes records it for PickCup's grip)."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -135,6 +138,8 @@ class TrainConfig:
             raise ValueError("--ground-weight trains the prompt-conditioned stem to point: set --prompt-film too")
         if self.keypoint and not self.ground_weight:
             raise ValueError("--keypoint hands the policy what the pointing loss trains: set --ground-weight too")
+        if self.keypoint_effector and not self.keypoint:
+            raise ValueError("--keypoint-effector adds a second keypoint: set --keypoint too")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
@@ -278,6 +283,8 @@ class Trainer:
         self.device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
         if use_cuda:
             torch.cuda.set_device(self.device)
+        else:  # subnormal floats (a confident softmax's tail, its gradients) run many times slower on x86 CPUs
+            torch.set_flush_denormal(True)
         if self.distributed:
             dist.init_process_group("nccl" if use_cuda else "gloo")
         self.amp_dtype = resolve_dtype(cfg.dtype, self.device)
@@ -314,6 +321,7 @@ class Trainer:
             ),
             **({"ground_head": True} if cfg.ground_weight else {}),
             **({"keypoint": True} if cfg.keypoint else {}),
+            **({"keypoint_effector": True} if cfg.keypoint_effector else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)
@@ -378,6 +386,15 @@ class Trainer:
                         "robotok-pretokenize); pre-tokenise the scenes again"
                     )
                 g["point"] = torch.from_numpy(z["point"].astype(np.float32)).to(self.device)
+            if cfg.keypoint_effector:
+                eff = z["effector"] if "effector" in z else np.full((len(z["cell"]), 2), np.nan, np.float32)
+                if not np.isfinite(eff).all(-1).any():
+                    raise SystemExit(
+                        f"{err} --keypoint-effector fits the effector's place, and {path} has none; record the "
+                        "scenes again with robotok-record-scenes (PickCup records its grip) and pre-tokenise them"
+                    )
+                g["effector"] = torch.from_numpy(np.nan_to_num(eff, nan=-1.0).astype(np.float32)).to(self.device)
+                g["effector_cell"] = torch.from_numpy(z["effector_cell"].astype(np.int64)).to(self.device)
         n_val = min(256, len(g["cell"]) // 10)
         g["train"], g["val"] = np.arange(n_val, len(g["cell"])), np.arange(n_val)
         return g
@@ -390,11 +407,31 @@ class Trainer:
         per = cfg.ground_batch // self.world
         rows = torch.from_numpy(rows[self.rank * per : (self.rank + 1) * per]).to(self.device)
         with self._amp():
-            logits, place = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
-        loss = torch.nn.functional.cross_entropy(logits.float(), g["cell"][rows])
-        if place is not None:  # --keypoint: the soft-argmax place, within the cell, at the object's pixel
-            loss = loss + torch.nn.functional.smooth_l1_loss(place, g["point"][rows], beta=0.5)
-        return loss
+            logits, places = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
+        return self._point_loss(logits.float(), places, rows)[0]
+
+    def _point_loss(
+        self, logits: torch.Tensor, places: torch.Tensor | None, rows: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The pointing loss of scenes ``rows`` from ``Transformer.ground_point``'s outputs: cross-entropy of
+        the named object's cell, with --keypoint a Huber loss (in cells) of its place against the pixel, and with
+        --keypoint-effector the same two for the effector where the scene has it in frame; and the parts."""
+        g, f = self.ground, torch.nn.functional
+        ce = f.cross_entropy(logits[..., 0], g["cell"][rows])
+        parts = {"ce": ce, "acc": (logits[..., 0].argmax(-1) == g["cell"][rows]).float().mean()}
+        loss = ce
+        if places is not None:  # --keypoint: the soft-argmax place, within the cell, at the object's pixel
+            loss = loss + f.smooth_l1_loss(places[:, 0], g["point"][rows], beta=0.5)
+            parts["place_err"] = (places[:, 0] - g["point"][rows]).norm(dim=-1).mean()
+        if "effector" in g:
+            cell = g["effector_cell"][rows]
+            seen = (cell >= 0).float()
+            n = seen.sum().clamp(min=1.0)
+            ce_e = f.cross_entropy(logits[..., 1], cell.clamp(min=0), reduction="none")
+            err = f.smooth_l1_loss(places[:, 1], g["effector"][rows], beta=0.5, reduction="none").sum(-1) / 2
+            loss = loss + ((ce_e + err) * seen).sum() / n
+            parts["effector_err"] = ((places[:, 1] - g["effector"][rows]).norm(dim=-1) * seen).sum() / n
+        return loss, parts
 
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
         out = self.cfg.out
@@ -509,12 +546,13 @@ class Trainer:
         if self.ground is not None and len(self.ground["val"]):
             g, rows = self.ground, torch.from_numpy(self.ground["val"]).to(self.device)
             with self._amp():
-                logits, place = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
-            logits = logits.float()
-            out["val/ground_loss"] = float(torch.nn.functional.cross_entropy(logits, g["cell"][rows]))
-            out["val/ground_acc"] = float((logits.argmax(-1) == g["cell"][rows]).float().mean())  # held-out scenes
-            if place is not None:  # mean distance of the handed place from the object's pixel, in cells
-                out["val/ground_place_err"] = float((place - g["point"][rows]).norm(dim=-1).mean())
+                logits, places = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
+            _, parts = self._point_loss(logits.float(), places, rows)  # held-out scenes
+            out["val/ground_loss"], out["val/ground_acc"] = float(parts["ce"]), float(parts["acc"])
+            if "place_err" in parts:  # mean distance of the handed place from the object's pixel, in cells
+                out["val/ground_place_err"] = float(parts["place_err"])
+            if "effector_err" in parts:
+                out["val/ground_effector_err"] = float(parts["effector_err"])
         self.model.train()
         return out
 

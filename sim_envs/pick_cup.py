@@ -283,6 +283,10 @@ class PickCupEnv(gym.Env):
         """Pixel (row, col) of the prompted cup in ``camera``: its axis 2 cm above its centre, on its visible body."""
         return self.project(self.cup_positions()[self.target_index] + np.array([0.0, 0.0, 0.02]), camera)
 
+    def effector_pixel(self, camera: str = "front") -> tuple[float, float]:
+        """Pixel (row, col) of the grip site (between the finger pads) in ``camera``."""
+        return self.project(self.grip_pos(), camera)
+
     def grip_pos(self) -> np.ndarray:
         """Grip site position [3]: between the finger pads, at their lower third."""
         return self.data.site_xpos[self._site].copy()

@@ -90,12 +90,14 @@ def _make_env(cfg: ScenesConfig) -> gym.Env:
     return env
 
 
-def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Scenes ``first .. first+n-1`` of ``cfg``: frames [n, H, W, 3], pixels [n, 2], prompts. Runs in a worker."""
+def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """Scenes ``first .. first+n-1`` of ``cfg``: frames [n, H, W, 3], the prompted object's pixels [n, 2], the
+    robot's effector's pixels [n, 2] (NaN if the env has none), prompts. Runs in a worker."""
     env = _make_env(cfg)
     base = env.unwrapped
     frames = np.zeros((n, cfg.height, cfg.width, 3), np.uint8)
     pixel = np.zeros((n, 2), np.float32)
+    effector = np.full((n, 2), np.nan, np.float32)  # NaN: the env names no effector
     prompts = []
     try:
         for j in range(n):
@@ -109,10 +111,12 @@ def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.
                         break
             frames[j] = base.render_camera(cfg.camera)
             pixel[j] = base.target_pixel(cfg.camera)
+            if hasattr(base, "effector_pixel"):
+                effector[j] = base.effector_pixel(cfg.camera)
             prompts.append(info["prompt"])
     finally:
         env.close()
-    return frames, pixel, prompts
+    return frames, pixel, effector, prompts
 
 
 def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
@@ -134,12 +138,13 @@ def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
         with ProcessPoolExecutor(cfg.workers, mp_context=mp.get_context("spawn")) as pool:
             futures = [pool.submit(render_range, cfg, i, k) for i, k in chunks]
             for f in as_completed(futures):
-                bar.update(len(f.result()[2]))
+                bar.update(len(f.result()[3]))
             parts = [f.result() for f in futures]
     bar.close()
     frames = np.concatenate([p[0] for p in parts])
     pixel = np.concatenate([p[1] for p in parts])
-    prompts = [x for p in parts for x in p[2]]
+    effector = np.concatenate([p[2] for p in parts])
+    prompts = [x for p in parts for x in p[3]]
     cfg.out.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{cfg.out.name}.", suffix=".npz", dir=cfg.out.parent)
     os.close(fd)
@@ -148,6 +153,7 @@ def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
             tmp,
             frames=frames,
             pixel=pixel,
+            effector=effector,
             prompt=np.asarray(prompts),
             seed=np.arange(cfg.seed_start, cfg.seed_start + n, dtype=np.int64),
             meta=np.asarray([SCENES_FORMAT, cfg.env, cfg.camera]),
@@ -161,11 +167,14 @@ def record_scenes(cfg: ScenesConfig, progress: bool = True) -> dict:
 
 
 def load_scenes(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``robotok-record-scenes`` file: frames [N, H, W, 3], pixel [N, 2] (row, col), prompt [N]."""
+    """The arrays of a ``robotok-record-scenes`` file: frames [N, H, W, 3], pixel [N, 2] (row, col), effector
+    [N, 2] (the robot's grip; NaN where unknown, also for files from before it was recorded), prompt [N]."""
     with np.load(path) as z:
         if "meta" not in z or str(z["meta"][0]) != SCENES_FORMAT:
             raise ValueError(f"{path} is not a robotok-record-scenes file; make it with robotok-record-scenes")
-        return {k: z[k] for k in ("frames", "pixel", "prompt")} | {"camera": str(z["meta"][2])}
+        out = {k: z[k] for k in ("frames", "pixel", "prompt")} | {"camera": str(z["meta"][2])}
+        out["effector"] = z["effector"] if "effector" in z else np.full_like(out["pixel"], np.nan)
+        return out
 
 
 def main() -> None:

@@ -23,7 +23,9 @@ VIDEO, LEVELS, GRID = 300, (8, 5, 5, 5), (4, 4)  # 1,000 video ids from 300; a 4
 STATE, ACTION = 280, 1400  # a state id (after the 256 text ids from 10) and an action id
 
 
-def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False, keypoint: bool = False) -> Transformer:
+def make(
+    film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False, keypoint: bool = False, effector: bool = False
+) -> Transformer:
     torch.manual_seed(seed)
     cfg = preset(
         "micro",
@@ -35,11 +37,14 @@ def make(film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False, keyp
         prompt_film=film,
         ground_head=ground or keypoint,
         keypoint=keypoint,
+        keypoint_effector=effector,
     )
     m = Transformer(cfg).eval()
     if keypoint:  # a read-out that marks cells and moves their points (both start flat or at zero)
         torch.nn.init.normal_(m.stem.point.weight)
         torch.nn.init.normal_(m.stem.offset.weight)
+    if effector:
+        torch.nn.init.normal_(m.stem.point_effector.weight)
     return m
 
 
@@ -69,12 +74,12 @@ def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
     torch.testing.assert_close(got, stem.out(h.flatten(2).transpose(1, 2)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("film,keypoint", [(0, False), (16, False), (16, True)])
+@pytest.mark.parametrize("film,keypoint,effector", [(0, False, False), (16, False, False), (16, True, True)])
 @torch.no_grad()
-def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint):
+def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint, effector):
     """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
     predicted frame and state): the cache carries the open frame and the prompt's encoding across calls."""
-    m = make(film, keypoint=keypoint)
+    m = make(film, keypoint=keypoint, effector=effector)
     if film:
         torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
     ids, a = sample()
@@ -138,12 +143,13 @@ def test_cells_tell_equal_codes_apart_and_the_prompt_conditions_observed_frames_
     torch.testing.assert_close(y[0, -1], plain, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("effector", [False, True])
 @torch.no_grad()
-def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close():
+def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close(effector):
     """ModelConfig.keypoint: the observed frame's FRAME_CLOSE input gains the embedding of the soft-argmax place
-    that the pointing read-out gives the lone frame under the same prompt; no other position changes, and
-    another prompt moves it."""
-    m = make(film=16, keypoint=True)
+    that the pointing read-out gives the lone frame under the same prompt (and, with keypoint_effector, the
+    effector's place); no other position changes, and another prompt moves the named place."""
+    m = make(film=16, keypoint=True, effector=effector)
     torch.nn.init.normal_(m.stem.film.weight)
     ids, a = sample()
     plain = make(film=16)
@@ -156,10 +162,22 @@ def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close():
     sep = ids.index(SEP) + 1
     prompt, video = torch.tensor([ids[:sep]]), torch.tensor([ids[first:close]])
     logits, place = m.ground_point(prompt, video)
-    assert place.shape == (1, 2) and logits.shape == (1, 16)
+    k = 2 if effector else 1
+    assert place.shape == (1, k, 2) and logits.shape == (1, 16, k)
     torch.testing.assert_close(x[close] - x0[close], m.stem.embed_place(place)[0], atol=1e-5, rtol=0)
     other = [BOS, *(10 + b for b in b"get the blue cup"), SEP]
-    assert (m.ground_point(torch.tensor([other]), video)[1] - place).abs().max() > 1e-3
+    assert (m.ground_point(torch.tensor([other]), video)[1][:, 0] - place[:, 0]).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="set keypoint too"):
+        preset(
+            "micro",
+            video_start=VIDEO,
+            video_levels=LEVELS,
+            video_grid=GRID,
+            video_stem=8,
+            prompt_film=8,
+            ground_head=True,
+            keypoint_effector=True,
+        )
     with pytest.raises(ValueError, match="set ground_head"):
         preset(
             "micro", video_start=VIDEO, video_levels=LEVELS, video_grid=GRID, video_stem=8, prompt_film=8, keypoint=True
@@ -177,7 +195,7 @@ def test_config_names_what_the_stem_needs():
 
 @pytest.mark.parametrize("keypoint", [False, True])
 def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path, keypoint):
-    m = make(film=16, keypoint=keypoint)
+    m = make(film=16, keypoint=keypoint, effector=keypoint)
     torch.nn.init.normal_(m.stem.film.weight)
     export_transformer(m, tmp_path)
     ids, a = sample()

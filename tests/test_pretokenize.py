@@ -360,6 +360,12 @@ def test_scenes_become_the_pointing_set_that_training_reads(world, ground, tmp_p
         r, c = (scenes["pixel"][k] * np.array(grid) / np.array([H, W])).astype(int)
         assert g["cell"][i] == r * grid[1] + c
         np.testing.assert_allclose(g["point"][i], scenes["pixel"][k] * np.array(grid) / np.array([H, W]), rtol=1e-6)
+        er, ec = scenes["effector"][k]
+        if 0 <= er < H and 0 <= ec < W:  # the grip in frame: its cell and place, as the cup's
+            assert g["effector_cell"][i] == int(er * grid[0] / H) * grid[1] + int(ec * grid[1] / W)
+            np.testing.assert_allclose(g["effector"][i], [er * grid[0] / H, ec * grid[1] / W], rtol=1e-6)
+        else:
+            assert g["effector_cell"][i] == -1 and np.isnan(g["effector"][i]).all()
         ids = g["prompt"][i][g["prompt"][i] != PAD]
         assert list(ids) == space.encode_prompt(str(scenes["prompt"][k]))
         expect = space.video_ids(world["vt"].encode(scenes["frames"][k : k + 1])).ravel()
@@ -370,9 +376,12 @@ def test_scenes_become_the_pointing_set_that_training_reads(world, ground, tmp_p
     assert np.isfinite(log[-1]["train/ground_loss"]) and 0.0 <= log[-1]["val/ground_acc"] <= 1.0
     with pytest.raises(SystemExit, match="no ground.npz"):
         train(replace(tc, data=world["out"]))
-    train(replace(tc, out=tmp_path / "keypoint", keypoint=True))  # the pointed place handed to the policy
+    # the pointed places (the cup's, the grip's) handed to the policy
+    train(replace(tc, out=tmp_path / "keypoint", keypoint=True, keypoint_effector=True))
     log = [json.loads(x) for x in (tmp_path / "keypoint" / "log.jsonl").read_text().splitlines()]
     assert 0.0 <= log[-1]["val/ground_place_err"] < max(grid) and np.isfinite(log[-1]["train/ground_loss"])
+    assert 0.0 <= log[-1]["val/ground_effector_err"] < max(grid)
+    assert (g["effector_cell"] >= 0).any()
     with pytest.raises(ValueError, match="set --ground-weight"):
         replace(tc, ground_weight=0.0, keypoint=True)
 

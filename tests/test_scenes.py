@@ -44,6 +44,9 @@ def test_a_rollout_shows_the_arm_reaching_and_keeps_the_scene(tmp_path) -> None:
     for i, k in enumerate(steps):
         moved = np.abs(rolled["frames"][i].astype(int) - first["frames"][i]).max(-1) > 30
         assert (moved.sum() > 20) == (k > 5), (i, k, moved.sum())  # the arm's pixels, once it has moved
+    home = first["effector"]  # the grip at the fixed start pose: one pixel in every first frame
+    assert np.isfinite(home).all() and np.ptp(home, 0).max() < 1e-3
+    assert all((np.abs(rolled["effector"][i] - home[i]).max() > 2) == (k > 5) for i, k in enumerate(steps))
     lifted = [i for i, k in enumerate(steps) if k >= 55]  # the expert has the cup in the air by then
     for i in lifted:
         assert rolled["pixel"][i][0] < first["pixel"][i][0] - 1, (i, rolled["pixel"][i], first["pixel"][i])
