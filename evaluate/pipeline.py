@@ -130,6 +130,12 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.scenes[t]),
                 "--out",
                 str(out / "scenes" / f"{t}.npz"),
+                "--rollout",
+                str(p.scene_rollout),
+                "--workers",
+                str(p.record_workers),
+                "--noise",
+                str(p.noise),
                 *size,
             ]
             for t in scene_tasks(p)
@@ -225,6 +231,8 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.prompt_film),
                 "--ground-weight",
                 str(p.ground_weight if scene_tasks(p) else 0.0),
+                *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
+                *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
                 "--device",
                 p.device,
             ]

@@ -5,7 +5,7 @@ cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI ru
 expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else
-running): the current preset took 42 min 27 s with set-up (record with the 5,000 scenes 54 s, video 218 s,
+running): the preset before the keypoints took 42 min 27 s with set-up (record with the 5,000 scenes 54 s, video 218 s,
 pretokenize 72 s, train 1,647 s at 0.66 s per step, eval 490 s); an earlier preset, the same model without the
 prompt FiLM and 2,500 steps as well, took 54 min 40 s with set-up (record 58 s, video 306 s, pretokenize
 77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to 225 tokens in bf16, eval 412 s); the
@@ -20,7 +20,10 @@ on by default): without it the 1,000-step tokenizer of the first demo drew no cu
 with the next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive
 success on 100 unseen seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The prompt-conditioned
 stem learns which cup is named from a pointing loss on 5,000 fresh scenes (``scenes``, ``ground_weight``;
-README, "Which choices mattered"). The cpu preset
+README, "Which choices mattered"), each shown after 0 to 45 steps of the noisy expert (``scene_rollout``), and
+the policy is handed the places its read-outs point at, the named cup's and the gripper's (``keypoint``,
+``keypoint_effector``): PickCup 22% against 1-7% without the second or both, Drive 53% against 65-68% (one
+run each, README). The cpu preset
 tokenises the front camera alone: PickCup-only policies with the wrist camera too lift a cup 4 to 7 times as
 often (README, "Which choices mattered"), but a random one of the scene, and every PickCup frame would cost
 64 more tokens.
@@ -74,6 +77,9 @@ class Preset:
     # loss of robotok-train (--ground-weight); tasks whose prompt names no object get 0
     scenes: dict[str, int] = field(default_factory=lambda: {"pickcup": 5000, "drive": 0})
     ground_weight: float = 1.0  # weight of that loss (0: off; > 0 needs prompt_film)
+    scene_rollout: int = 45  # a scene's frame follows 0..N steps of the noisy expert (the arm in view; 0: first)
+    keypoint: bool = True  # hand the policy the pointed place (robotok-train --keypoint; needs the scenes)
+    keypoint_effector: bool = True  # and the effector's place (robotok-train --keypoint-effector)
     device: str = "cpu"
 
 
