@@ -1,7 +1,7 @@
 """The frame inputs of the policy transformer: where each video id sits in its frame, a small CNN over the
 observed frames' code vectors, conditioned on the prompt, and the place in each observed frame that the CNN's
-pointing read-out marks (``ModelConfig.video_grid``, ``video_stem``, ``prompt_film``, ``ground_head`` and
-``keypoint`` in ``robotok.policy.model``).
+pointing read-outs mark: the named object and the robot's effector (``ModelConfig.video_grid``, ``video_stem``,
+``prompt_film``, ``ground_head``, ``keypoint`` and ``keypoint_effector`` in ``robotok.policy.model``).
 
 Video ids stay the stream's tokens: everything here only adds to their input embeddings, and is written as
 gathers and masked reductions along the sequence (no loops, static shapes), so that the same code runs in
