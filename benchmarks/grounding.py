@@ -16,6 +16,13 @@ named cup" (the cup whose direction is closest to the commanded one is the named
 the number of cups) and the spread of the commanded first directions over all prompts (a policy that
 commands nearly one direction everywhere has a small spread). ``--num-cups 1`` puts one cup on the table,
 so the prompt has nothing to choose and the figures measure finding a cup alone.
+
+Two more, on request. ``--episodes N`` runs N whole episodes as ``robotok-eval`` does (greedy, the policy's
+own chunking) and records the grip's closest horizontal approach to the named cup and where the episode ended:
+the scripted expert descends once it is within 1.2 cm (``pick_cup_expert.ALIGN_TOL``), so "within 1.2 cm" is
+how often the policy reached the place from which the expert would grasp. ``--scenes FILE...`` scores the
+policy's pointing read-out (``Transformer.ground_logits``, a policy trained with ``--ground-weight``) on
+``robotok-record-scenes`` files: how often it marks the cell that holds the named cup.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
 from robotok.policy import Policy
 from robotok.sim_envs import json_object
+from robotok.sim_envs.pick_cup_expert import ALIGN_TOL
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -44,8 +52,12 @@ def main() -> None:
     ap.add_argument("--num-cups", type=int, default=0, help="cups per scene (1-4; 0: the env's default 2-4)")
     ap.add_argument("--env-kwargs", default="{}", help="JSON kwargs for the env, e.g. the policy's prompt templates")
     ap.add_argument("--temperature", type=float, default=0.0, help="sample the chunk (0: greedy, as evaluated)")
+    ap.add_argument("--episodes", type=int, default=0, help="also run this many whole episodes: the approach")
+    ap.add_argument("--scenes", nargs="*", default=[], help="robotok-record-scenes files: score the read-out")
     ap.add_argument("--out", default="", help="optional JSON file for the figures")
     args = ap.parse_args()
+    if args.seeds < 1 or args.episodes < 0:
+        raise SystemExit(f"grounding: error: --seeds {args.seeds} must be >= 1 and --episodes {args.episodes} >= 0")
 
     policy = Policy.from_checkpoint(args.policy, temperature=args.temperature)
     e = next((e for e in policy.embodiments if e["state_dim"] == 6), None)
@@ -117,9 +129,67 @@ def main() -> None:
             f"{res['goal_nearest_cup_median_m'] * 100:.1f} cm (two cups of a scene lie {np.median(cup_gaps) * 100:.1f} "
             "cm apart, median)"
         )
+    if args.episodes:
+        res["approach"] = approach(policy, env, args.seed_start, args.episodes)
+        a = res["approach"]
+        print(
+            f"  {args.episodes} whole episodes: success {a['success']:.0%}; closest approach to the named cup median "
+            f"{a['closest_median_cm']:.2f} cm, within {100 * ALIGN_TOL:.1f} cm (the expert descends) "
+            f"{a['within_align_tol']:.0%}, within 2 cm {a['within_2cm']:.0%}; ended below 8 cm more than 5 cm "
+            f"from any cup {a['ended_low_away_from_cups']:.0%}"
+        )
+    env.close()
+    for path in args.scenes:
+        res.setdefault("read_out", {})[path] = acc = read_out_accuracy(policy, path)
+        print(f"  read-out marks the named cup's cell in {acc:.1%} of the scenes of {path}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def approach(policy: Policy, env: gym.Env, seed_start: int, episodes: int, max_steps: int = 200) -> dict:
+    """Whole episodes from ``seed_start``: the grip's closest approach to the named cup and where each ended."""
+    base, rows = env.unwrapped, []
+    for s in range(seed_start, seed_start + episodes):
+        obs, info = env.reset(seed=s)
+        policy.reset()
+        closest, success = np.inf, False
+        for _ in range(max_steps):
+            obs, _, term, trunc, info = env.step(policy.select_action({**obs, "task": base.prompt}))
+            cup = base.cup_positions()[base.target_index]
+            closest = min(closest, float(np.hypot(*(cup[:2] - base.grip_pos()[:2]))))
+            success = bool(info.get("is_success", False))
+            if term or trunc:
+                break
+        gaps = np.hypot(*(base.cup_positions()[:, :2] - base.grip_pos()[:2]).T)
+        rows.append((success, 100 * closest, gaps.min() > 0.05 and base.grip_pos()[2] < 0.08))
+    success, closest, low_away = (np.array(c) for c in zip(*rows, strict=True))
+    return {
+        "episodes": episodes,
+        "success": float(success.mean()),
+        "closest_median_cm": float(np.median(closest)),
+        "within_align_tol": float(np.mean(closest < 100 * ALIGN_TOL)),
+        "within_2cm": float(np.mean(closest < 2.0)),
+        "ended_low_away_from_cups": float(low_away.mean()),
+    }
+
+
+def read_out_accuracy(policy: Policy, path: str) -> float:
+    """How often the policy's pointing read-out marks the cell of the named cup in a robotok-record-scenes file."""
+    import torch
+
+    from robotok.policy.pretokenize import ground_set
+    from robotok.sim_envs.scenes import load_scenes
+
+    if not policy.model.cfg.ground_head:
+        raise SystemExit(
+            f"grounding: error: {path}: the policy has no pointing read-out (trained without --ground-weight)"
+        )
+    g = ground_set([load_scenes(path)], policy.space, policy.video_tokenizer)
+    with torch.no_grad():
+        prompt, video = (torch.from_numpy(g[k].astype(np.int64)) for k in ("prompt", "video"))
+        logits = policy.model.ground_logits(prompt, video)
+    return float((logits.argmax(-1).numpy() == g["cell"]).mean())
 
 
 if __name__ == "__main__":
