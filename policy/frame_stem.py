@@ -27,14 +27,15 @@ if TYPE_CHECKING:
 
 def frame_layout(
     idx: Tensor, pos0: Tensor, open_before: Tensor | None, grid: tuple[int, ...]
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Where the frames are in ids [B, T] that start at position ``pos0`` (int64 scalar tensor).
 
     ``open_before`` ([B], -1: none): the position of a FRAME_OPEN before ``pos0`` whose frame is still open.
     Returns ``cell`` [B, T] (each id's cell in its camera's grid, row-major), ``in_frame`` [B, T] (ids
     between a FRAME_OPEN and its FRAME_CLOSE), ``observed`` [B, T] (those of frames that open in these ids
     and do not follow ACT_CLOSE: observed frames, fed whole; a predicted frame follows ACT_CLOSE) and the
-    ``open_after`` [B] to carry to the next step. Static shapes and no loops, for the exported graph."""
+    ``open_after`` [B] to carry to the next step, and ``opened`` [B, T] (the position of the latest FRAME_OPEN at
+    or before each id, -1: none). Static shapes and no loops, for the exported graph."""
     b, t = idx.shape
     ar = torch.arange(t, device=idx.device)
     positions = pos0.reshape(()).to(torch.long) + ar
@@ -54,7 +55,7 @@ def frame_layout(
     prev = torch.gather(idx, 1, before.clamp(0, t - 1))
     observed = in_frame & (opened >= positions[0]) & ((before < 0) | (prev != ACT_CLOSE))
     open_after = torch.where(opened[:, -1] > closed[:, -1], opened[:, -1], torch.full_like(opened[:, -1], -1))
-    return cell, in_frame, observed, open_after
+    return cell, in_frame, observed, open_after, opened
 
 
 def _soft(logits: Tensor, dim: int) -> Tensor:
@@ -163,17 +164,21 @@ class FrameStem(nn.Module):
         """[..., K, 2] fp32: how far each cell's point lies from the cell's centre (at most half a cell each way)."""
         return 0.5 * torch.tanh(self.offset(out).float()).unflatten(-1, (self.k, 2))
 
-    def keypoint(self, idx: Tensor, out: Tensor, observed: Tensor) -> Tensor:
+    def keypoint(self, idx: Tensor, out: Tensor, observed: Tensor, opened: Tensor, pos0: Tensor) -> Tensor:
         """[B, T, d_model]: at each FRAME_CLOSE that ends a whole observed frame of ``idx`` [B, T], the embedding of
-        that frame's soft-argmax place (``point_logits``), from the stem's output ``out`` [B, T, d_model]; zero
-        elsewhere. The h*w ids before such a FRAME_CLOSE are its frame's cells in order (the grammar's layout)."""
-        t, n = idx.shape[1], self.h * self.w
-        j = torch.arange(t, device=idx.device)[:, None] - n + torch.arange(n, device=idx.device)  # [T, n]
-        jc = j.clamp(min=0)
-        whole = (observed[:, jc] & (j >= 0)).all(-1)  # [B, T]
+        the soft-argmax place (``point_logits``) over that frame's first camera, from the stem's output ``out``
+        [B, T, d_model]; zero elsewhere. ``opened`` [B, T] (``frame_layout``): the position of the latest
+        FRAME_OPEN; the h*w ids after it are the first camera's cells in order (the grammar's layout), the one the
+        pointing loss reads (the scenes are that camera's frames), whatever other cameras follow it."""
+        b, t = idx.shape
+        n, k = self.h * self.w, self.k
+        j = (opened - pos0.reshape(()).to(torch.long) + 1).unsqueeze(-1) + torch.arange(n, device=idx.device)
+        jc = j.clamp(0, t - 1).view(b, t * n)  # [B, T*n]: the i-th of them is cell i
+        whole = (torch.gather(observed, 1, jc).view(b, t, n) & (j >= 0) & (j < t)).all(-1)
         close = (idx == FRAME_CLOSE) & whole
-        logits = self._logits(out).float()[:, jc]  # [B, T, n, K]
-        places = self.centre[:, None] + self._offsets(out)[:, jc]  # [B, T, n, K, 2]: the i-th id before is cell i
+        logits = torch.gather(self._logits(out).float(), 1, jc.unsqueeze(-1).expand(b, t * n, k)).view(b, t, n, k)
+        offsets = torch.gather(self._offsets(out).flatten(2), 1, jc.unsqueeze(-1).expand(b, t * n, 2 * k))
+        places = self.centre[:, None] + offsets.view(b, t, n, k, 2)  # [B, T, n, K, 2]
         place = (_soft(logits, 2).unsqueeze(-1) * places).sum(2)  # [B, T, K, 2] in cells
         return self.embed_place(place) * close.unsqueeze(-1).to(out.dtype)
 

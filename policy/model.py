@@ -391,14 +391,14 @@ class Transformer(nn.Module):
         if not self.cfg.video_grid:
             return x, None, None
         pos0 = torch.zeros((), dtype=torch.long, device=idx.device) if pos0 is None else pos0
-        cell, in_frame, observed, open_after = frame_layout(idx, pos0, open_before, self.cfg.video_grid)
+        cell, in_frame, observed, open_after, opened = frame_layout(idx, pos0, open_before, self.cfg.video_grid)
         x = x + self.cell_emb(cell) * in_frame.unsqueeze(-1).to(x.dtype)
         cond = self.stem.encode_prompt(idx, pos0, cond_before) if self.cfg.prompt_film else None
         if self.stem is not None:
             stem = self.stem(vec, cell, observed, cond)
             x = x + stem.to(x.dtype)
             if self.cfg.keypoint:
-                x = x + self.stem.keypoint(idx, stem, observed).to(x.dtype)
+                x = x + self.stem.keypoint(idx, stem, observed, opened, pos0).to(x.dtype)
         return x, open_after, cond
 
     def ground_logits(self, prompt: Tensor, video: Tensor) -> Tensor:

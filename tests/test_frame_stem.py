@@ -48,15 +48,16 @@ def make(
     return m
 
 
-def frame(g: torch.Generator) -> list[int]:
-    return [FRAME_OPEN, *torch.randint(VIDEO, VIDEO + 1000, (16,), generator=g).tolist(), FRAME_CLOSE]
+def frame(g: torch.Generator, cameras: int = 1) -> list[int]:
+    return [FRAME_OPEN, *torch.randint(VIDEO, VIDEO + 1000, (16 * cameras,), generator=g).tolist(), FRAME_CLOSE]
 
 
-def sample(prompt: bytes = b"get the red cup", seed: int = 1) -> tuple[list[int], int]:
+def sample(prompt: bytes = b"get the red cup", seed: int = 1, cameras: int = 1) -> tuple[list[int], int]:
     """A policy sample with a world-model tail, and the index just after ACT_OPEN."""
     g = torch.Generator().manual_seed(seed)
-    head = [BOS, *(10 + b for b in prompt), SEP, *frame(g), STATE_OPEN, STATE, STATE + 1, STATE_CLOSE, ACT_OPEN]
-    tail = [ACTION, ACTION + 1, ACT_CLOSE, *frame(g), STATE_OPEN, STATE + 2, STATE_CLOSE]
+    obs = frame(g, cameras)
+    head = [BOS, *(10 + b for b in prompt), SEP, *obs, STATE_OPEN, STATE, STATE + 1, STATE_CLOSE, ACT_OPEN]
+    tail = [ACTION, ACTION + 1, ACT_CLOSE, *frame(g, cameras), STATE_OPEN, STATE + 2, STATE_CLOSE]
     return head + tail, len(head)
 
 
@@ -74,24 +75,27 @@ def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
     torch.testing.assert_close(got, stem.out(h.flatten(2).transpose(1, 2)), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("film,keypoint,effector", [(0, False, False), (16, False, False), (16, True, True)])
+@pytest.mark.parametrize(
+    "film,keypoint,effector,cameras",
+    [(0, False, False, 1), (16, False, False, 1), (16, True, True, 1), (16, True, True, 2)],
+)
 @torch.no_grad()
-def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint, effector):
+def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint, effector, cameras):
     """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
     predicted frame and state): the cache carries the open frame and the prompt's encoding across calls."""
     m = make(film, keypoint=keypoint, effector=effector)
     if film:
         torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
-    ids, a = sample()
+    ids, a = sample(cameras=cameras)
     idx = torch.tensor([ids])
     full = m(idx)[0]
     sep = ids.index(SEP) + 1
-    cache = m.new_cache(1, 96)
+    cache = m.new_cache(1, 128)
     parts = [m.forward_cached(idx[:, :sep], cache), m.forward_cached(idx[:, sep:a], cache)]
     parts += [m.forward_cached(idx[:, t : t + 1], cache) for t in range(a, len(ids))]
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
 
-    k = torch.zeros(m.cfg.n_layer, 1, m.cfg.n_head, 96, m.cfg.head_dim)
+    k = torch.zeros(m.cfg.n_layer, 1, m.cfg.n_head, 128, m.cfg.head_dim)
     v, cond, pos, outs = torch.zeros_like(k), None, 0, []
     for chunk in (ids[:sep], ids[sep:a], [ids[a]]):  # the exported graphs' calls
         logits, k, v, cond = m.forward_kv(torch.tensor([chunk]), torch.tensor(pos), k, v, cond)
@@ -143,15 +147,16 @@ def test_cells_tell_equal_codes_apart_and_the_prompt_conditions_observed_frames_
     torch.testing.assert_close(y[0, -1], plain, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("effector", [False, True])
+@pytest.mark.parametrize(("effector", "cameras"), [(False, 1), (True, 1), (True, 2)])
 @torch.no_grad()
-def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close(effector):
+def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close(effector, cameras):
     """ModelConfig.keypoint: the observed frame's FRAME_CLOSE input gains the embedding of the soft-argmax place
     that the pointing read-out gives the lone frame under the same prompt (and, with keypoint_effector, the
-    effector's place); no other position changes, and another prompt moves the named place."""
+    effector's place); no other position changes, and another prompt moves the named place. With two cameras
+    the place is the first camera's (the one the pointing scenes show), whatever the second shows."""
     m = make(film=16, keypoint=True, effector=effector)
     torch.nn.init.normal_(m.stem.film.weight)
-    ids, a = sample()
+    ids, a = sample(cameras=cameras)
     plain = make(film=16)
     plain.load_state_dict(m.state_dict(), strict=False)
     plain.stem.film.load_state_dict(m.stem.film.state_dict())
@@ -160,7 +165,7 @@ def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close(effecto
     changed = (x - x0).abs().amax(-1).nonzero().flatten().tolist()
     assert changed == [close], changed  # the predicted frame's FRAME_CLOSE gets nothing
     sep = ids.index(SEP) + 1
-    prompt, video = torch.tensor([ids[:sep]]), torch.tensor([ids[first:close]])
+    prompt, video = torch.tensor([ids[:sep]]), torch.tensor([ids[first : first + 16]])
     logits, place = m.ground_point(prompt, video)
     k = 2 if effector else 1
     assert place.shape == (1, k, 2) and logits.shape == (1, 16, k)
