@@ -233,6 +233,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.ground_weight if scene_tasks(p) else 0.0),
                 *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
                 *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
+                *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
                 "--device",
                 p.device,
             ]

@@ -80,6 +80,9 @@ class Preset:
     scene_rollout: int = 45  # a scene's frame follows 0..N steps of the noisy expert (the arm in view; 0: first)
     keypoint: bool = True  # hand the policy the pointed place (robotok-train --keypoint; needs the scenes)
     keypoint_effector: bool = True  # and the effector's place (robotok-train --keypoint-effector)
+    # group this many batches by sequence length (robotok-train --length-buckets): with a wrist camera a PickCup
+    # sequence is ~1.7x a Drive one, and a mixed batch pads every row to the longest
+    length_buckets: int = 1
     device: str = "cpu"
 
 

@@ -146,6 +146,10 @@ def test_commands_are_what_a_user_types(tmp_path):
     off = dataclasses.replace(p, ground_weight=0.0)  # the loss off: no scenes recorded, none passed on
     assert weight(p) == "1.0" and weight(off) == "0.0"
     assert len(commands("record", tmp_path, off)) == 2 and scenes not in commands("pretokenize", tmp_path, off)[0]
+    train = lambda q: commands("train", tmp_path, q)[0]  # noqa: E731
+    bucketed = train(dataclasses.replace(p, length_buckets=4))
+    assert bucketed[bucketed.index("--length-buckets") + 1] == "4"
+    assert "--length-buckets" not in train(dataclasses.replace(p, length_buckets=1))
     ev = commands("eval", tmp_path, p)
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):
