@@ -96,7 +96,7 @@ _CPU = Preset(
     n_action_steps=5,
     action_kind="bspline",
     control_points=4,
-    cameras=("front",),
+    cameras=("front", "wrist"),  # PickCup has both; Drive only the front one
     history=1,
     video_downsample=8,
     video_channels=(32, 64, 96),
@@ -113,6 +113,7 @@ _CPU = Preset(
     sweep_episodes=20,
     eval_workers=2,
     videos=2,
+    length_buckets=4,
 )
 # The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {

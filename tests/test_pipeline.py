@@ -201,19 +201,19 @@ def test_overrides_change_preset_fields_by_their_types():
 
 
 def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, capsys):
-    cfg = PipelineConfig(out=tmp_path, preset="smoke", overrides=("cameras=front,wrist", "goal=true"))
+    cfg = PipelineConfig(out=tmp_path, preset="smoke", overrides=("cameras=front", "goal=true"))
     p = cfg.settings()
     pre = commands("pretokenize", tmp_path, p)[0]
-    assert pre[pre.index("--cameras") + 1 : pre.index("--cameras") + 3] == ["front", "wrist"] and "--goal" in pre
+    assert pre[pre.index("--cameras") + 1 : pre.index("--cameras") + 3] == ["front", "--horizon"] and "--goal" in pre
     vid = commands("video", tmp_path, p)[0]
-    assert vid[vid.index("--cameras") + 1 : vid.index("--cameras") + 3] == ["front", "wrist"]
+    assert vid[vid.index("--cameras") + 1 : vid.index("--cameras") + 3] == ["front", "--steps"]
     with pytest.raises(ValueError, match="field=value"):
         PipelineConfig(overrides=("nope=1",))
     # a run directory made with the plain smoke settings: the overridden run refuses it unless forced
     (tmp_path / "pipeline.json").write_text(
         json.dumps({"preset": "smoke", "settings": PipelineConfig(preset="smoke").settings().__dict__, "stages": {}})
     )
-    with pytest.raises(SystemExit, match="cameras: \\['front'\\] there, \\['front', 'wrist'\\] now"):
+    with pytest.raises(SystemExit, match="cameras: \\['front', 'wrist'\\] there, \\['front'\\] now"):
         run(PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True, overrides=cfg.overrides))
     run(PipelineConfig(out=tmp_path, preset="smoke", stages=("fit",), dry_run=True))  # same settings: runs
     run(
@@ -225,4 +225,4 @@ def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, 
     title = write_pipeline_report(
         tmp_path, {"preset": "smoke", "overrides": list(cfg.overrides), "stages": {}}
     ).read_text()
-    assert title.startswith("# robotok demo: preset `smoke` with `cameras=front,wrist`, `goal=true`")
+    assert title.startswith("# robotok demo: preset `smoke` with `cameras=front`, `goal=true`")
