@@ -22,7 +22,9 @@ own chunking) and records the grip's closest horizontal approach to the named cu
 the scripted expert descends once it is within 1.2 cm (``pick_cup_expert.ALIGN_TOL``), so "within 1.2 cm" is
 how often the policy reached the place from which the expert would grasp. ``--scenes FILE...`` scores the
 policy's pointing read-out (``Transformer.ground_logits``, a policy trained with ``--ground-weight``) on
-``robotok-record-scenes`` files: how often it marks the cell that holds the named cup.
+``robotok-record-scenes`` files: how often it marks the cell that holds the named cup. ``--trace SEED`` prints
+one episode step by step: where the grip is from the named cup (cm, and in the front camera's pixels), its
+height, the cup's height and the gripper command, to see how an episode fails.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=0.0, help="sample the chunk (0: greedy, as evaluated)")
     ap.add_argument("--episodes", type=int, default=0, help="also run this many whole episodes: the approach")
     ap.add_argument("--scenes", nargs="*", default=[], help="robotok-record-scenes files: score the read-out")
+    ap.add_argument("--trace", type=int, default=None, help="print this seed's episode step by step, then stop")
     ap.add_argument("--out", default="", help="optional JSON file for the figures")
     args = ap.parse_args()
     if args.seeds < 1 or args.episodes < 0:
@@ -65,6 +68,10 @@ def main() -> None:
         raise SystemExit(f"{args.policy} was not trained on PickCup (no embodiment with its 6-D state)")
     kwargs = {**json_object("env_kwargs", args.env_kwargs), **({"num_cups": args.num_cups} if args.num_cups else {})}
     env = gym.make("robotok/PickCup-v0", width=e["image_size"][1], height=e["image_size"][0], **kwargs)
+    if args.trace is not None:
+        trace(policy, env, args.trace)
+        env.close()
+        return
     rng = np.random.default_rng(0)
     policy_cos, blind_cos, goal_hits, goal_err, goal_any, chance = [], [], [], [], [], []
     aims, angles, cup_angles, cup_gaps = [], [], [], []
@@ -145,6 +152,29 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(res, indent=2))
+
+
+def trace(policy: Policy, env: gym.Env, seed: int, max_steps: int = 200) -> None:
+    """One episode, a line per step: the grip's offset from the named cup in cm and in front-camera pixels (row,
+    col), the grip's and the cup's heights, the gripper command."""
+    base = env.unwrapped
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    print(f"seed {seed}: {base.prompt!r}, cups {base.cup_colors}")
+    print("step  dx_cm  dy_cm  d_row_px  d_col_px  grip_z_cm  cup_z_cm  gripper")
+    for step in range(1, max_steps + 1):
+        action = policy.select_action({**obs, "task": base.prompt})
+        obs, _, term, trunc, info = env.step(action)
+        cup, grip = base.cup_positions()[base.target_index], base.grip_pos()
+        d = 100 * (grip[:2] - cup[:2])
+        px = np.subtract(base.project(grip), base.project(np.array([cup[0], cup[1], grip[2]])))
+        print(
+            f"{step:4d} {d[0]:6.1f} {d[1]:6.1f} {px[0]:9.1f} {px[1]:9.1f} {100 * grip[2]:10.1f} "
+            f"{100 * cup[2]:9.1f} {action[-1]:8.2f}"
+        )
+        if term or trunc:
+            break
+    print(f"success {bool(info.get('is_success', False))}, wrong cup lifted {bool(info.get('wrong_object', False))}")
 
 
 def approach(policy: Policy, env: gym.Env, seed_start: int, episodes: int, max_steps: int = 200) -> dict:
