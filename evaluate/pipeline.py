@@ -25,10 +25,10 @@ A stage is skipped when its output is complete and newer than the outputs it rea
 second run is a no-op and ``--force`` on an early stage redoes everything after it; an interrupted
 ``train`` resumes from its last checkpoint. Wall time per stage goes to ``pipeline.json`` and the report.
 
-Presets (``robotok.evaluate.presets.PRESETS``, plain data, with how the cpu one was sized): ``cpu`` is
-sized for a 2-core laptop CPU in about 45 minutes, ``gpu`` for one CUDA GPU with 16 CPU cores, ``smoke``
-runs every stage on a handful of episodes and steps to check the wiring (its policy is not expected to
-succeed).
+Presets (``robotok.evaluate.presets.PRESETS``, plain data, with how the cpu one was sized): ``cpu`` is sized for a
+2-core laptop CPU (about 45 minutes is the target; the current preset takes 60), ``gpu`` for one CUDA GPU with 16
+CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to check the wiring (its policy is not
+expected to succeed).
 
 On a shared machine set OMP_NUM_THREADS=1: with more threads than free cores every step waits on
 a descheduled thread (8x slower, measured).
@@ -69,7 +69,7 @@ class PipelineConfig:
     out: Path = Path("runs/demo")
     """Run directory; every stage writes a fixed sub-folder of it (see the module docstring)."""
     preset: Literal["cpu", "gpu", "smoke"] = "cpu"
-    """cpu: a 2-core CPU in about 45 min; gpu: one CUDA GPU, more data and a bigger model; smoke: a wiring check."""
+    """cpu: a 2-core CPU in about an hour; gpu: one CUDA GPU, more data and a bigger model; smoke: a wiring check."""
     stages: tuple[Literal["record", "fit", "video", "pretokenize", "train", "eval", "report"], ...] = STAGES
     """Stages to consider (in pipeline order); each still skips when its output is complete."""
     force: bool = False
