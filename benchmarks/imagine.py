@@ -93,7 +93,7 @@ def main() -> None:
         s = m["summary"]
         sections.append(
             f"## {env_id}\n\n{horizon_table(m['horizon'])}\n\n"
-            f"chunk = {m['n_action_steps']} steps at {m['fps']:g} Hz; the model beats copy-last at every step up to "
+            f"chunk = {m['frame_steps']} steps at {m['fps']:g} Hz; the model beats copy-last at every step up to "
             f"{s['imagine/beats_copy_last_until_s']:.2f} s; mean PSNR model {s['imagine/psnr_model']:.2f} dB, "
             f"copy-last {s['imagine/psnr_copy_last']:.2f} dB, tokenizer ceiling {s['imagine/psnr_tokenizer']:.2f} dB; "
             f"decode failures {s['imagine/decode_failures']}; {s['imagine/skipped']} seed(s) skipped (ended before "
@@ -102,7 +102,7 @@ def main() -> None:
         results[env_id] = {
             "horizon": m["horizon"],
             "summary": s,
-            "n_action_steps": m["n_action_steps"],
+            "frame_steps": m["frame_steps"],
             "fps": m["fps"],
         }
     text = "\n".join(sections)

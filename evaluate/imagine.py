@@ -5,7 +5,8 @@
 From the real first frame of seed S, the model alternates an action chunk and the video ids of the frame
 that follows it, for ``--steps`` chunks, with no simulator in the loop (``robotok.policy.world_model``).
 In the same run the simulator, reset with the same seed, executes the same actions (the first
-``n_action_steps`` of each chunk, as ``select_action`` would). Outputs in ``--out``:
+``frame_steps`` of each chunk (policy.json: the actions between a context frame and the frame the model
+learned to predict). Outputs in ``--out``:
 
 - ``metrics.json``: PSNR of imagined vs real frames at every horizon step (all cameras pooled), averaged
   over seeds. An imagined frame is drawn on the last real frame the model saw, as a change to it: the real
@@ -69,7 +70,7 @@ class ImagineConfig:
     prompt: str = ""
     """Prompt given to the model (empty: the env's own prompt for the scene)."""
     steps: int = 10
-    """Chunks to imagine; each advances n_action_steps env steps (the checkpoint's policy.json)."""
+    """Chunks to imagine; each advances frame_steps env steps (the checkpoint's policy.json)."""
     start_step: int = 0
     """Env steps the policy first plays in the simulator, closed loop on real frames; imagining starts
     from the frame it reaches (0: from the reset frame). A seed whose episode ends before is skipped."""
@@ -225,7 +226,7 @@ def imagine_episode(
     actions, states, ended = [], [first_state], False
     for _ in range(steps):
         chunk = rollout.step()
-        executed = chunk.actions[: wm.n_action_steps]
+        executed = chunk.actions[: wm.frame_steps]
         played = 0
         for a in executed:
             obs, _, terminated, truncated, _ = env.step(np.clip(a, low, high).astype(np.float32))
@@ -326,7 +327,7 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
         )
     env = make_env(cfg.env, wm)
     fps = float(env.metadata.get("render_fps", wm.policy.config.get("fps", 20)))
-    n_act, env_name, label = wm.n_action_steps, cfg.env.split("/")[-1], policy_label(cfg.policy)
+    n_act, env_name, label = wm.frame_steps, cfg.env.split("/")[-1], policy_label(cfg.policy)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     episodes, skipped = [], []
@@ -354,7 +355,7 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
         "env": cfg.env,
         "policy": label,
         "config": asdict(cfg),
-        "n_action_steps": n_act,
+        "frame_steps": n_act,
         "fps": fps,
         "horizon": rows,
         "summary": {

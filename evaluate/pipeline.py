@@ -234,6 +234,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
                 *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
                 *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
+                *(["--n-action-steps", str(p.execute_steps)] if p.execute_steps else []),
                 "--device",
                 p.device,
             ]

@@ -51,7 +51,7 @@ class Preset:
     record_workers: int
     image_size: int  # square camera images
     horizon: int  # action chunk length H
-    n_action_steps: int  # actions executed per predicted chunk
+    n_action_steps: int  # steps from a context frame to the next-frame target (and the default executed count)
     action_kind: Literal["binning", "bspline", "dct_bpe"]
     control_points: int  # B-spline control points per action dimension
     cameras: tuple[str, ...]  # cameras tokenised into the policy's context (each task uses those it has)
@@ -83,6 +83,9 @@ class Preset:
     # group this many batches by sequence length (robotok-train --length-buckets): with a wrist camera a PickCup
     # sequence is ~1.7x a Drive one, and a mixed batch pads every row to the longest
     length_buckets: int = 1
+    # actions the trained policy executes per chunk before it predicts the next (robotok-train --n-action-steps;
+    # 0: n_action_steps): replanning more often corrects the course more often, at more chunks per episode
+    execute_steps: int = 0
     device: str = "cpu"
 
 

@@ -56,8 +56,9 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def copy_shard_extras(data: Path, out: Path) -> None:
-    """Copy the token space, observation conventions and tokenizers next to the weights."""
+def copy_shard_extras(data: Path, out: Path, n_action_steps: int = 0) -> None:
+    """Copy the token space, observation conventions and tokenizers next to the weights; ``n_action_steps`` > 0
+    sets the actions the policy executes per chunk (policy.json), the world-model offset kept as ``frame_steps``."""
     for name in COPIED_FROM_SHARDS:
         src, dst = data / name, out / name
         if src.is_dir():
@@ -68,6 +69,11 @@ def copy_shard_extras(data: Path, out: Path) -> None:
             os.replace(tmp, dst)
         elif src.is_file():
             atomic_write(dst, lambda t, s=src: shutil.copy2(s, t))
+    if n_action_steps:
+        policy = json.loads((out / "policy.json").read_text())
+        policy.setdefault("frame_steps", policy["n_action_steps"])  # shards written before frame_steps existed
+        policy["n_action_steps"] = n_action_steps
+        atomic_write(out / "policy.json", lambda t: Path(t).write_text(json.dumps(policy, indent=2)))
 
 
 def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, dict[str, Any]]:

@@ -64,7 +64,8 @@ class PretokenizeConfig:
     horizon: int = 0
     """Action chunk length H; 0 takes the horizon the action tokenizer was fitted with."""
     n_action_steps: int = 0
-    """Actions executed per predicted chunk (the world-model frame is this many steps ahead); 0 means H // 2."""
+    """Actions executed per predicted chunk, and how many steps ahead the world-model frame is (policy.json
+    ``frame_steps``); 0 means H // 2. robotok-train --n-action-steps may set a different executed count."""
     history: int = 1
     """Observed steps (frame + state) in the context, the current one last."""
     history_stride: int = 1
@@ -314,7 +315,8 @@ def pretokenize(
         policy = {
             "format": POLICY_FORMAT,
             "horizon": horizon,
-            "n_action_steps": n_act,
+            "n_action_steps": n_act,  # executed per chunk (robotok-train --n-action-steps may change it)
+            "frame_steps": n_act,  # the world-model frame follows the context frame by this many steps
             "history": cfg.history,
             "history_stride": cfg.history_stride,
             "frame_loss": cfg.frame_loss,

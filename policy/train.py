@@ -96,6 +96,10 @@ class TrainConfig:
     keypoint_effector: bool = False
     """With --keypoint: also point at the robot's effector (ModelConfig.keypoint_effector), trained on the
     scenes' effector pixel (robotok-record-scenes records it for PickCup's grip)."""
+    n_action_steps: int = 0
+    """Actions the trained policy executes per chunk before it predicts the next (policy.json; 0: the shards'
+    own, also the offset of the world-model frame, which this leaves as it is). Training is the same either
+    way: this is how the checkpoint acts, e.g. 2 of each chunk of 10 to correct its course more often."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -123,6 +127,8 @@ class TrainConfig:
     """Where to train: auto picks CUDA when available."""
 
     def __post_init__(self) -> None:
+        if self.n_action_steps < 0:
+            raise ValueError(f"n_action_steps {self.n_action_steps} must be >= 0 (0: the shards' own)")
         if min(self.steps, self.batch_size, self.grad_accum, self.length_buckets) < 1:
             raise ValueError(
                 f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}, "
@@ -295,6 +301,12 @@ class Trainer:
                 "make one with robotok-pretokenize"
             )
         self.shards = TokenShards(cfg.data)
+        horizon = int(self.shards.meta.get("horizon", 0))
+        if horizon and cfg.n_action_steps > horizon:
+            raise SystemExit(
+                f"robotok-train: error: --n-action-steps {cfg.n_action_steps} exceeds the shards' action chunk of "
+                f"{horizon} steps: choose 1..{horizon}"
+            )
         per = cfg.batch_size / (self.world * cfg.grad_accum)
         if per != int(per):
             raise SystemExit(
@@ -598,7 +610,7 @@ class Trainer:
         stop = min(cfg.steps, cfg.stop_at) if cfg.stop_at else cfg.steps
         if rank0:
             cfg.out.mkdir(parents=True, exist_ok=True)
-            copy_shard_extras(cfg.data, cfg.out)
+            copy_shard_extras(cfg.data, cfg.out, cfg.n_action_steps)
             log_path = cfg.out / "log.jsonl"
             kept = (
                 [r for r in log_path.read_text().splitlines() if json.loads(r)["step"] <= self.start_step]

@@ -2,7 +2,8 @@
 
 A checkpoint trained on shards made with ``robotok-pretokenize --frame-loss`` and ``robotok-train
 --frame-loss-weight W`` has learned, after every action chunk, the video ids of the frame that follows it
-(``n_action_steps`` later; see the grammar in ``robotok.tokenizers.space``)::
+(policy.json ``frame_steps`` later, the shards' ``--n-action-steps``; see the grammar in
+``robotok.tokenizers.space``)::
 
     BOS prompt SEP {FRAME_OPEN video FRAME_CLOSE STATE_OPEN state STATE_CLOSE} ACT_OPEN actions ACT_CLOSE
     FRAME_OPEN video' FRAME_CLOSE [STATE_OPEN state' STATE_CLOSE]
@@ -20,9 +21,10 @@ Conventions:
   the frame and the state the model reads next then agree. Older frame-loss checkpoints predict frames
   only; their context holds the last real state. Either way :meth:`Imagination.set_state` overrides it
   (e.g. with the simulator's state, as a diagnostic).
-- Imagined frames exist every ``n_action_steps`` env steps. A history step that falls in between uses the
-  latest frame imagined before it (exact when ``history == 1`` or ``history_stride`` is a multiple of
-  ``n_action_steps``).
+- Imagined frames exist every ``frame_steps`` env steps, and each chunk advances the rollout that many
+  steps, whatever count the policy executes per chunk when it acts (policy.json ``n_action_steps``). A
+  history step that falls in between uses the latest frame imagined before it (exact when ``history == 1``
+  or ``history_stride`` is a multiple of ``frame_steps``).
 - Generation reuses the public pieces of :class:`robotok.policy.inference.Policy` (model, token space,
   tokenizers, sampling settings) with a KV cache of its own: the prompt prefix is computed once per
   rollout, each chunk moves the cache back to its end and prefills the frame/state ids only.
@@ -97,7 +99,9 @@ class WorldModel:
         self.policy = policy
         self.space, self.model = policy.space, policy.model
         self.grid = tuple(policy.video_tokenizer.grid)  # (h, w) of one camera's code grid
-        self.n_action_steps = policy.n_action_steps
+        # actions between the context frame and the predicted one: the shards' offset (older checkpoints: the
+        # executed count, which was the same)
+        self.frame_steps = int(policy.config.get("frame_steps", policy.config["n_action_steps"]))
         vocab = self.model.cfg.vocab_size
         video = np.zeros(vocab, dtype=bool)
         video[: self.space.vocab_size] = self.space.range_mask("video")
@@ -177,8 +181,8 @@ class Imagination:
 
     @torch.inference_mode()
     def step(self) -> ImaginedChunk:
-        """Generate the next action chunk and the frame after its first ``n_action_steps`` actions; that frame
-        becomes the newest context frame (the rollout advances ``n_action_steps`` env steps)."""
+        """Generate the next action chunk and the frame after its first ``frame_steps`` actions; that frame
+        becomes the newest context frame (the rollout advances ``frame_steps`` env steps)."""
         wm, p = self.wm, self.wm.policy
         space, model = wm.space, wm.model
         r = space.action_ranges[self.action_range]
@@ -236,7 +240,7 @@ class Imagination:
 
         actions, ok = self._decode_actions(action_ids)
         codes = space.resolve_frame(video_ids, self._latest(self.frames, self.t))  # KEEP: the current frame's code
-        self.t += wm.n_action_steps
+        self.t += wm.frame_steps
         self.frames[self.t] = list(codes)
         if state is not None:
             self.states[self.t] = state

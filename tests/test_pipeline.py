@@ -150,6 +150,9 @@ def test_commands_are_what_a_user_types(tmp_path):
     bucketed = train(dataclasses.replace(p, length_buckets=4))
     assert bucketed[bucketed.index("--length-buckets") + 1] == "4"
     assert "--length-buckets" not in train(dataclasses.replace(p, length_buckets=1))
+    replans = train(dataclasses.replace(p, execute_steps=2))
+    assert replans[replans.index("--n-action-steps") + 1] == "2"
+    assert "--n-action-steps" not in train(dataclasses.replace(p, execute_steps=0))
     ev = commands("eval", tmp_path, p)
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):

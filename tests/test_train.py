@@ -186,6 +186,19 @@ def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
     )
 
 
+def test_the_checkpoint_executes_the_count_it_is_given(tmp_path):
+    """--n-action-steps sets policy.json's executed count and keeps the shards' offset as frame_steps."""
+    data = make_shards(tmp_path, extras=True)
+    (data / "policy.json").write_text(json.dumps({"horizon": 10, "n_action_steps": 5}))
+    own = json.loads((train(cfg_for(data, tmp_path / "own", steps=1)) / "policy.json").read_text())
+    two = json.loads((train(cfg_for(data, tmp_path / "two", steps=1, n_action_steps=2)) / "policy.json").read_text())
+    assert own == {"horizon": 10, "n_action_steps": 5}
+    assert two == {"horizon": 10, "n_action_steps": 2, "frame_steps": 5}
+    assert json.loads((data / "policy.json").read_text())["n_action_steps"] == 5  # the shards are left as they are
+    with pytest.raises(ValueError, match="n_action_steps"):
+        TrainConfig(n_action_steps=-1)
+
+
 def test_bad_args_give_one_line_errors(tmp_path):
     r = run_cli(["--data", str(tmp_path / "nope"), "--out", str(tmp_path / "ck")])
     assert r.returncode != 0 and "Traceback" not in r.stderr
