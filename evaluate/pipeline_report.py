@@ -140,12 +140,15 @@ def _tokenizer_section(out: Path) -> list[str]:
             "",
         ]
     meta = _json(out / "shards" / "meta.json")
-    pol = _json(out / "shards" / "policy.json")
+    pol = _json(out / "policy" / "policy.json") or _json(out / "shards" / "policy.json")  # the policy's own counts
     if meta and pol:
+        executed = ", ".join(
+            f"{e['name']} {e.get('n_action_steps', pol['n_action_steps'])}" for e in pol.get("embodiments", [])
+        ) or str(pol["n_action_steps"])
         lines += [
             f"Shards: {meta['num_sequences']} sequences of up to {meta['seq_len']} tokens, vocabulary "
             f"{meta['vocab_size']}; cameras {', '.join(pol['cameras'])}, image {pol['image_size']}, history "
-            f"{pol['history']}, horizon {pol['horizon']}, {pol['n_action_steps']} actions executed per chunk.",
+            f"{pol['history']}, horizon {pol['horizon']}; actions executed per chunk: {executed}.",
             "",
         ]
     return lines

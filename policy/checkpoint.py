@@ -56,9 +56,10 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def copy_shard_extras(data: Path, out: Path, n_action_steps: int = 0) -> None:
-    """Copy the token space, observation conventions and tokenizers next to the weights; ``n_action_steps`` > 0
-    sets the actions the policy executes per chunk (policy.json), the world-model offset kept as ``frame_steps``."""
+def copy_shard_extras(data: Path, out: Path, n_action_steps: tuple[int, ...] = ()) -> None:
+    """Copy the token space, observation conventions and tokenizers next to the weights. ``n_action_steps`` sets
+    the actions the policy executes per chunk (policy.json): one value for every embodiment, or one per embodiment
+    in policy.json's order; the world-model frame's offset is kept as ``frame_steps``."""
     for name in COPIED_FROM_SHARDS:
         src, dst = data / name, out / name
         if src.is_dir():
@@ -72,7 +73,12 @@ def copy_shard_extras(data: Path, out: Path, n_action_steps: int = 0) -> None:
     if n_action_steps:
         policy = json.loads((out / "policy.json").read_text())
         policy.setdefault("frame_steps", policy["n_action_steps"])  # shards written before frame_steps existed
-        policy["n_action_steps"] = n_action_steps
+        embodiments = policy.get("embodiments", [])
+        if len(n_action_steps) == 1:  # the default too, for whoever reads policy.json's top level
+            policy["n_action_steps"] = n_action_steps[0]
+            n_action_steps = n_action_steps * len(embodiments)
+        for e, k in zip(embodiments, n_action_steps, strict=True):
+            e["n_action_steps"] = k
         atomic_write(out / "policy.json", lambda t: Path(t).write_text(json.dumps(policy, indent=2)))
 
 

@@ -289,10 +289,12 @@ class RobotPolicy:
         self.model = self.manifest["model"]  # n_layer, n_head, head_dim, vocab_size, max_seq_len
         self.horizon, self.history = int(self.config["horizon"]), int(self.config["history"])
         self.history_stride = int(self.config.get("history_stride", 1))
-        self.n_action_steps = int(n_action_steps or self.config["n_action_steps"])
-        if not 1 <= self.n_action_steps <= self.horizon:
-            raise ValueError(f"n_action_steps {self.n_action_steps} must lie in [1, horizon {self.horizon}]")
+        self.n_action_steps = int(n_action_steps or self.config["n_action_steps"])  # given, else the default
         self.embodiments: list[dict[str, Any]] = self.config["embodiments"]
+        # actions executed per chunk, per embodiment: the given count, else each one's own (policy.json)
+        self.executed = [int(n_action_steps or e.get("n_action_steps", self.n_action_steps)) for e in self.embodiments]
+        if not all(1 <= k <= self.horizon for k in (self.n_action_steps, *self.executed)):
+            raise ValueError(f"n_action_steps {self.executed} must lie in [1, horizon {self.horizon}]")
         names = [e["name"] for e in self.embodiments]
         if embodiment is not None and embodiment not in names:
             raise ValueError(f"embodiment {embodiment!r} is not one of {names}")
@@ -322,10 +324,11 @@ class RobotPolicy:
         self._embodiment = self.fixed_embodiment
 
     def select_action(self, obs: dict[str, Any]) -> np.ndarray:
-        """The next action float32[A]: from the queue, refilled with a new chunk's first n_action_steps."""
+        """The next action float32[A]: from the queue, refilled with a new chunk's first n_action_steps (the
+        embodiment's own, ``executed``)."""
         self._observe(obs)
         if not self._queue:
-            self._queue.extend(self._predict(obs["task"])[: self.n_action_steps])
+            self._queue.extend(self._predict(obs["task"])[: self.executed[self._embodiment]])
         return self._queue.popleft()
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:

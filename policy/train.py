@@ -96,10 +96,15 @@ class TrainConfig:
     keypoint_effector: bool = False
     """With --keypoint: also point at the robot's effector (ModelConfig.keypoint_effector), trained on the
     scenes' effector pixel (robotok-record-scenes records it for PickCup's grip)."""
-    n_action_steps: int = 0
-    """Actions the trained policy executes per chunk before it predicts the next (policy.json; 0: the shards'
-    own, also the offset of the world-model frame, which this leaves as it is). Training is the same either
-    way: this is how the checkpoint acts, e.g. 2 of each chunk of 10 to correct its course more often."""
+    keypoint_cameras: int = 1
+    """With --keypoint: hand over the places read in this many cameras of each observed frame, from the first
+    (ModelConfig.keypoint_cameras; 2: the wrist camera's too). The pointing loss teaches the read-outs on the
+    scenes of each camera (robotok-record-scenes --camera wrist, passed to robotok-pretokenize --scenes)."""
+    n_action_steps: tuple[int, ...] = ()
+    """Actions the trained policy executes per chunk before it predicts the next (policy.json): one value for every
+    robot, or one per dataset of the shards in their order, e.g. ``2 5``: PickCup corrects its reach every 2
+    steps, Drive keeps 5 (empty: the shards' own, also the offset of the world-model frame, which this leaves
+    as it is). Training is the same either way: this is how the checkpoint acts."""
     length_buckets: int = 1
     """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
     default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
@@ -127,8 +132,8 @@ class TrainConfig:
     """Where to train: auto picks CUDA when available."""
 
     def __post_init__(self) -> None:
-        if self.n_action_steps < 0:
-            raise ValueError(f"n_action_steps {self.n_action_steps} must be >= 0 (0: the shards' own)")
+        if any(k < 1 for k in self.n_action_steps):
+            raise ValueError(f"n_action_steps {self.n_action_steps}: each >= 1 (none given: the shards' own)")
         if min(self.steps, self.batch_size, self.grad_accum, self.length_buckets) < 1:
             raise ValueError(
                 f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}, "
@@ -146,6 +151,8 @@ class TrainConfig:
             raise ValueError("--keypoint hands the policy what the pointing loss trains: set --ground-weight too")
         if self.keypoint_effector and not self.keypoint:
             raise ValueError("--keypoint-effector adds a second keypoint: set --keypoint too")
+        if self.keypoint_cameras < 1 or (self.keypoint_cameras > 1 and not self.keypoint):
+            raise ValueError(f"--keypoint-cameras {self.keypoint_cameras}: >= 1, and > 1 needs --keypoint")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
@@ -301,11 +308,18 @@ class Trainer:
                 "make one with robotok-pretokenize"
             )
         self.shards = TokenShards(cfg.data)
-        horizon = int(self.shards.meta.get("horizon", 0))
-        if horizon and cfg.n_action_steps > horizon:
+        horizon, steps = int(self.shards.meta.get("horizon", 0)), " ".join(map(str, cfg.n_action_steps))
+        policy_json = cfg.data / "policy.json"
+        robots = json.loads(policy_json.read_text()).get("embodiments", []) if policy_json.is_file() else []
+        if horizon and any(k > horizon for k in cfg.n_action_steps):
             raise SystemExit(
-                f"robotok-train: error: --n-action-steps {cfg.n_action_steps} exceeds the shards' action chunk of "
+                f"robotok-train: error: --n-action-steps {steps} exceeds the shards' action chunk of "
                 f"{horizon} steps: choose 1..{horizon}"
+            )
+        if len(cfg.n_action_steps) > 1 and len(cfg.n_action_steps) != len(robots):
+            raise SystemExit(
+                f"robotok-train: error: --n-action-steps {steps}: give one value, or one per robot of the shards "
+                f"(their datasets' order: {[e['name'] for e in robots]})"
             )
         per = cfg.batch_size / (self.world * cfg.grad_accum)
         if per != int(per):
@@ -334,6 +348,7 @@ class Trainer:
             **({"ground_head": True} if cfg.ground_weight else {}),
             **({"keypoint": True} if cfg.keypoint else {}),
             **({"keypoint_effector": True} if cfg.keypoint_effector else {}),
+            **({"keypoint_cameras": cfg.keypoint_cameras} if cfg.keypoint_cameras > 1 else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)

@@ -113,6 +113,7 @@ def world(tmp_path_factory) -> dict:
             out=root / "ckpt",
             preset="micro",
             prompt_film=16,  # the prompt's encoding then travels through the graphs and the runtime
+            n_action_steps=(3, 2),  # each robot executes its own count (the arm 3, the car the shards' 2)
             steps=2,
             batch_size=4,
             warmup_steps=1,
@@ -191,7 +192,8 @@ def test_bundle_reproduces_the_torch_policy(world) -> None:
     robot.reset()
     for obs, _ in episode:
         np.testing.assert_allclose(robot.select_action(obs), torch_policy.select_action(obs), atol=1e-6, rtol=0)
-    assert len(robot.chunk_latencies_ms) == n + -(-len(episode) // robot.n_action_steps)
+    assert robot.executed == torch_policy.executed == [3, 2]
+    assert len(robot.chunk_latencies_ms) == n + -(-len(episode) // robot.executed[robot.embodiment_of(episode[0][0])])
 
 
 @pytest.mark.parametrize("via", ["bundle copy", "robotok.policy.runtime"])

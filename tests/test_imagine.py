@@ -97,7 +97,7 @@ def make_ckpt(root: Path, frame_keep: bool = False) -> Path:
             dtype="fp32",
             val_fraction=0.0,
             log_every=10,
-            n_action_steps=1,  # the policy replans every step; the world-model frame stays N_ACT steps ahead
+            n_action_steps=(1,),  # the policy replans every step; the world-model frame stays N_ACT steps ahead
         )
     )
     return root / "ckpt"
@@ -174,7 +174,7 @@ def test_imagination_advances_by_the_frame_offset_the_policy_acts_on_its_own_cou
     assert Policy.from_checkpoint(ckpt).n_action_steps == 1
     assert WorldModel.from_checkpoint(ckpt).frame_steps == N_ACT
     with pytest.raises(SystemExit, match="--n-action-steps 5 exceeds the shards' action chunk of 4 steps"):
-        train(TrainConfig(data=ckpt.parent / "shards", out=ckpt.parent / "bad", preset="micro", n_action_steps=5))
+        train(TrainConfig(data=ckpt.parent / "shards", out=ckpt.parent / "bad", preset="micro", n_action_steps=(5,)))
 
 
 def test_frames_predicted_as_a_change_resolve_keep_to_the_current_frame(tmp_path) -> None:

@@ -192,6 +192,25 @@ def test_select_action_executes_n_action_steps_of_each_chunk() -> None:
     assert actions[0].shape == (5,) and actions[0].dtype == np.float32
 
 
+def test_each_robot_executes_its_own_count_unless_one_is_given() -> None:
+    space, config, toks, vt = make_parts(history=1)
+    config["embodiments"][0]["n_action_steps"] = 2  # the arm replans every 2 steps, the car keeps the default 3
+    model = random_model(space, seed=6)
+    rng = np.random.default_rng(7)
+    for given, expect in ((None, [4, 3]), (4, [2, 2])):  # chunks over 7 steps of each robot
+        policy = Policy(model, space, config, toks, vt, n_action_steps=given)
+        assert policy.executed == ([2, 3] if given is None else [4, 4])
+        for robot, chunks in enumerate(expect):
+            policy.reset()
+            policy.chunk_latencies_ms.clear()
+            for _ in range(7):
+                policy.select_action({**random_obs(rng, robot), "task": PROMPTS[2 * robot]})
+            assert len(policy.chunk_latencies_ms) == chunks
+    config["embodiments"][1]["n_action_steps"] = H + 1
+    with pytest.raises(ValueError, match="must lie in"):
+        Policy(model, space, config, toks, vt)
+
+
 def test_embodiment_comes_from_the_observation() -> None:
     space, config, toks, vt = make_parts()
     policy = Policy(random_model(space), space, config, toks, vt)

@@ -187,16 +187,30 @@ def run_cli(args: list[str], nproc: int = 0) -> subprocess.CompletedProcess:
 
 
 def test_the_checkpoint_executes_the_count_it_is_given(tmp_path):
-    """--n-action-steps sets policy.json's executed count and keeps the shards' offset as frame_steps."""
+    """--n-action-steps sets policy.json's executed counts (one for all, or one per robot) and keeps the shards'
+    offset of the world-model frame as frame_steps."""
     data = make_shards(tmp_path, extras=True)
-    (data / "policy.json").write_text(json.dumps({"horizon": 10, "n_action_steps": 5}))
-    own = json.loads((train(cfg_for(data, tmp_path / "own", steps=1)) / "policy.json").read_text())
-    two = json.loads((train(cfg_for(data, tmp_path / "two", steps=1, n_action_steps=2)) / "policy.json").read_text())
-    assert own == {"horizon": 10, "n_action_steps": 5}
-    assert two == {"horizon": 10, "n_action_steps": 2, "frame_steps": 5}
-    assert json.loads((data / "policy.json").read_text())["n_action_steps"] == 5  # the shards are left as they are
+    shards_policy = {"horizon": 10, "n_action_steps": 5, "embodiments": [{"name": "arm"}, {"name": "car"}]}
+    (data / "policy.json").write_text(json.dumps(shards_policy))
+
+    def policy(name: str, **kw) -> dict:
+        return json.loads((train(cfg_for(data, tmp_path / name, steps=1, **kw)) / "policy.json").read_text())
+
+    assert policy("own") == shards_policy
+    assert policy("all", n_action_steps=(2,)) == {
+        "horizon": 10,
+        "n_action_steps": 2,
+        "frame_steps": 5,
+        "embodiments": [{"name": "arm", "n_action_steps": 2}, {"name": "car", "n_action_steps": 2}],
+    }
+    each = policy("each", n_action_steps=(2, 5))
+    assert (each["n_action_steps"], each["frame_steps"]) == (5, 5)
+    assert [e["n_action_steps"] for e in each["embodiments"]] == [2, 5]
+    assert json.loads((data / "policy.json").read_text()) == shards_policy  # the shards are left as they are
+    with pytest.raises(SystemExit, match="one per robot"):
+        train(cfg_for(data, tmp_path / "three", steps=1, n_action_steps=(2, 3, 4)))
     with pytest.raises(ValueError, match="n_action_steps"):
-        TrainConfig(n_action_steps=-1)
+        TrainConfig(n_action_steps=(0,))
 
 
 def test_bad_args_give_one_line_errors(tmp_path):
