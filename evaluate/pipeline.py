@@ -12,7 +12,7 @@ Each stage runs the command a user would type (printed before it runs) and write
 stage          command                                         output (the file that marks it done)
 =============  ==============================================  =================================
 record         robotok-record (once per task),                 data/<task>/ (meta/info.json),
-               robotok-record-scenes (PickCup)                 scenes/<task>.npz
+               robotok-record-scenes (PickCup, per camera)     scenes/<task>[_<camera>].npz
 fit            robotok-fit-tokenizers                          tokenizers/action/ (report.json)
 video          robotok-train-video-tokenizer                   tokenizers/video/ (eval.json)
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
@@ -129,7 +129,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 "--scenes",
                 str(p.scenes[t]),
                 "--out",
-                str(out / "scenes" / f"{t}.npz"),
+                str(path),
                 "--rollout",
                 str(p.scene_rollout),
                 "--workers",
@@ -137,8 +137,10 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 "--noise",
                 str(p.noise),
                 *size,
+                # a camera on the gripper sees the cup it reaches for: reach for any cup, not only the named one
+                *(["--camera", cam, "--rollout-any-cup"] if cam != "front" else []),
             ]
-            for t in scene_tasks(p)
+            for t, cam, path in scene_files(out, p)
         ]
     if stage == "fit":
         return [
@@ -202,7 +204,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 *(str(p.stride.get(t, 1)) for t in TASKS),
                 *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
                 *(["--goal"] if p.goal else []),
-                *(["--scenes", *(str(out / "scenes" / f"{t}.npz") for t in scene_tasks(p))] if scene_tasks(p) else []),
+                *(["--scenes", *(str(f) for _, _, f in scene_files(out, p))] if scene_tasks(p) else []),
             ]
         ]
     if stage == "train":
@@ -233,8 +235,13 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.ground_weight if scene_tasks(p) else 0.0),
                 *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
                 *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
+                *(
+                    ["--keypoint-cameras", str(len(p.scene_cameras))]
+                    if p.keypoint and scene_tasks(p) and len(p.scene_cameras) > 1
+                    else []
+                ),
                 *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
-                *(["--n-action-steps", str(p.execute_steps)] if p.execute_steps else []),
+                *(["--n-action-steps", *(str(p.execute_steps[t]) for t in TASKS)] if p.execute_steps else []),
                 "--device",
                 p.device,
             ]
@@ -304,12 +311,27 @@ def scene_tasks(p: Preset) -> list[str]:
     return [t for t in TASKS if p.scenes.get(t, 0) > 0] if p.ground_weight > 0 else []
 
 
+def scene_files(out: Path, p: Preset) -> list[tuple[str, str, Path]]:
+    """(task, camera, file) of each scene file the record stage writes: ``scenes/<task>.npz`` for the first of
+    ``Preset.scene_cameras``, ``scenes/<task>_<camera>.npz`` for the others. They must be the first cameras of the
+    policy's, in its order: the keypoints read each observed frame's cameras from the first."""
+    if tuple(p.cameras[: len(p.scene_cameras)]) != tuple(p.scene_cameras):
+        raise ValueError(
+            f"scene_cameras {p.scene_cameras} must be the first of cameras {p.cameras}, in that order: the keypoints "
+            "read each frame's cameras from the first"
+        )
+    return [
+        (t, cam, out / "scenes" / (f"{t}.npz" if i == 0 else f"{t}_{cam}.npz"))
+        for t in scene_tasks(p)
+        for i, cam in enumerate(p.scene_cameras)
+    ]
+
+
 def done_files(stage: str, out: Path, p: Preset) -> list[Path]:
     """The files whose presence marks a stage complete (each written last, or atomically with its folder), in
     the order of the stage's commands."""
     return {
-        "record": [out / "data" / t / "meta" / "info.json" for t in TASKS]
-        + [out / "scenes" / f"{t}.npz" for t in scene_tasks(p)],
+        "record": [out / "data" / t / "meta" / "info.json" for t in TASKS] + [f for _, _, f in scene_files(out, p)],
         "fit": [out / "tokenizers" / "action" / "report.json"],
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
@@ -326,7 +348,7 @@ def done_files(stage: str, out: Path, p: Preset) -> list[Path]:
 def output_dirs(stage: str, out: Path, p: Preset) -> list[Path]:
     """What a stage owns and replaces when it runs (folders, and the scene files), in its commands' order."""
     return {
-        "record": [out / "data" / t for t in TASKS] + [out / "scenes" / f"{t}.npz" for t in scene_tasks(p)],
+        "record": [out / "data" / t for t in TASKS] + [f for _, _, f in scene_files(out, p)],
         "fit": [out / "tokenizers" / "action"],
         "video": [out / "tokenizers" / "video"],
         "pretokenize": [out / "shards"],

@@ -78,14 +78,19 @@ class Preset:
     scenes: dict[str, int] = field(default_factory=lambda: {"pickcup": 5000, "drive": 0})
     ground_weight: float = 1.0  # weight of that loss (0: off; > 0 needs prompt_film)
     scene_rollout: int = 45  # a scene's frame follows 0..N steps of the noisy expert (the arm in view; 0: first)
+    # cameras of those scenes, one file each, the first cameras of ``cameras`` in order: the read-outs learn to
+    # point in each, and with ``keypoint`` the policy is handed the places read in each (robotok-train
+    # --keypoint-cameras): ("front", "wrist") hands over where the named cup is in the wrist view as well
+    scene_cameras: tuple[str, ...] = ("front",)
     keypoint: bool = True  # hand the policy the pointed place (robotok-train --keypoint; needs the scenes)
     keypoint_effector: bool = True  # and the effector's place (robotok-train --keypoint-effector)
     # group this many batches by sequence length (robotok-train --length-buckets): with a wrist camera a PickCup
     # sequence is ~1.7x a Drive one, and a mixed batch pads every row to the longest
     length_buckets: int = 1
-    # actions the trained policy executes per chunk before it predicts the next (robotok-train --n-action-steps;
-    # 0: n_action_steps): replanning more often corrects the course more often, at more chunks per episode
-    execute_steps: int = 0
+    # per task: actions the trained policy executes per chunk before it predicts the next (robotok-train
+    # --n-action-steps; empty: n_action_steps for all). PickCup corrects its reach more often at 2; Drive does
+    # better at 5 (README, "Which choices mattered")
+    execute_steps: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
 
 
@@ -201,7 +206,8 @@ def with_overrides(preset: Preset, overrides: typing.Sequence[str]) -> Preset:
             changes[name] = _parse(name, hints[name], text)
         except (TypeError, ValueError) as e:  # int("x"), json errors, the messages above
             raise ValueError(f"--overrides {item!r}: {e}") from None
-    for name in ("episodes", "stride", "scenes"):
-        if name in changes and set(changes[name]) != set(getattr(preset, name)):
-            raise ValueError(f"--overrides {name}: give every task, {sorted(getattr(preset, name))}")
+    for name in ("episodes", "stride", "scenes", "execute_steps"):
+        empty_ok = name == "execute_steps" and not changes.get(name)  # {}: every robot executes n_action_steps
+        if name in changes and not empty_ok and set(changes[name]) != set(TASKS):
+            raise ValueError(f"--overrides {name}: give every task, {sorted(TASKS)}")
     return replace(preset, **changes)

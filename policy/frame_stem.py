@@ -100,6 +100,11 @@ class FrameStem(nn.Module):
             self.offset = nn.Linear(cfg.d_model, 2 * self.k)
             places = 3 if self.k == 2 else 1  # with the effector: the object, the effector, the one from the other
             self.kp_proj = nn.Linear(places * (2 + 4 * KEYPOINT_OCTAVES), cfg.d_model, bias=False)
+            # the places read in the frame's further cameras (ModelConfig.keypoint_cameras), each embedded apart
+            self.kp_proj_cams = nn.ModuleList(
+                nn.Linear(places * (2 + 4 * KEYPOINT_OCTAVES), cfg.d_model, bias=False)
+                for _ in range(cfg.keypoint_cameras - 1)
+            )
             r, q = torch.meshgrid(torch.arange(self.h), torch.arange(self.w), indexing="ij")
             centre = torch.stack([r, q], -1).reshape(-1, 2).float() + 0.5
             self.register_buffer("centre", centre, persistent=False)  # [h*w, 2] row, col in cells
@@ -125,6 +130,8 @@ class FrameStem(nn.Module):
             nn.init.zeros_(self.offset.weight)  # every cell's place starts at its centre
             nn.init.zeros_(self.offset.bias)
             self.kp_proj.reset_parameters()
+            for proj in self.kp_proj_cams:
+                proj.reset_parameters()
 
     def encode_prompt(self, idx: Tensor, pos0: Tensor, cond_before: Tensor | None) -> Tensor:
         """[B, prompt_film]: the encoding of the prompt, the text ids before the first SEP of ids that start the
@@ -167,22 +174,28 @@ class FrameStem(nn.Module):
     def keypoint(self, idx: Tensor, out: Tensor, observed: Tensor, opened: Tensor, pos0: Tensor) -> Tensor:
         """[B, T, d_model]: at each FRAME_CLOSE that ends a whole observed frame of ``idx`` [B, T], the embedding of
         the soft-argmax place (``point_logits``) over that frame's first camera, from the stem's output ``out``
-        [B, T, d_model]; zero elsewhere. ``opened`` [B, T] (``frame_layout``): the position of the latest
-        FRAME_OPEN; the h*w ids after it are the first camera's cells in order (the grammar's layout), the one the
-        pointing loss reads (the scenes are that camera's frames), whatever other cameras follow it."""
+        [B, T, d_model], plus, with ``keypoint_cameras`` > 1, those over its next cameras; zero elsewhere.
+        ``opened`` [B, T] (``frame_layout``): the position of the latest FRAME_OPEN; the h*w ids after it are the
+        first camera's cells in order (the grammar's layout), the one the front-camera scenes show, then the next
+        camera's h*w, and so on. A camera the frame does not have (fewer cells before FRAME_CLOSE) adds nothing."""
         b, t = idx.shape
         n, k = self.h * self.w, self.k
-        j = (opened - pos0.reshape(()).to(torch.long) + 1).unsqueeze(-1) + torch.arange(n, device=idx.device)
-        jc = j.clamp(0, t - 1).view(b, t * n)  # [B, T*n]: the i-th of them is cell i
-        whole = (torch.gather(observed, 1, jc).view(b, t, n) & (j >= 0) & (j < t)).all(-1)
-        close = (idx == FRAME_CLOSE) & whole
-        logits = torch.gather(self._logits(out).float(), 1, jc.unsqueeze(-1).expand(b, t * n, k)).view(b, t, n, k)
-        offsets = torch.gather(self._offsets(out).flatten(2), 1, jc.unsqueeze(-1).expand(b, t * n, 2 * k))
-        places = self.centre[:, None] + offsets.view(b, t, n, k, 2)  # [B, T, n, K, 2]
-        place = (_soft(logits, 2).unsqueeze(-1) * places).sum(2)  # [B, T, K, 2] in cells
-        return self.embed_place(place) * close.unsqueeze(-1).to(out.dtype)
+        logits_all, offsets_all = self._logits(out).float(), self._offsets(out).flatten(2)
+        total = torch.zeros((b, t, out.shape[-1]), dtype=out.dtype, device=out.device)
+        for cam, proj in enumerate([self.kp_proj, *self.kp_proj_cams]):
+            first = opened - pos0.reshape(()).to(torch.long) + 1 + cam * n  # [B, T]: this camera's first cell
+            j = first.unsqueeze(-1) + torch.arange(n, device=idx.device)
+            jc = j.clamp(0, t - 1).view(b, t * n)  # [B, T*n]: the i-th of them is cell i
+            whole = (torch.gather(observed, 1, jc).view(b, t, n) & (j >= 0) & (j < t)).all(-1)
+            close = (idx == FRAME_CLOSE) & whole
+            logits = torch.gather(logits_all, 1, jc.unsqueeze(-1).expand(b, t * n, k)).view(b, t, n, k)
+            offsets = torch.gather(offsets_all, 1, jc.unsqueeze(-1).expand(b, t * n, 2 * k))
+            places = self.centre[:, None] + offsets.view(b, t, n, k, 2)  # [B, T, n, K, 2]
+            place = (_soft(logits, 2).unsqueeze(-1) * places).sum(2)  # [B, T, K, 2] in cells
+            total = total + self.embed_place(place, proj) * close.unsqueeze(-1).to(out.dtype)
+        return total
 
-    def embed_place(self, place: Tensor) -> Tensor:
+    def embed_place(self, place: Tensor, proj: nn.Linear | None = None) -> Tensor:
         """[..., d_model]: the input embedding of the places [..., K, 2] (row, col in cells): each scaled to
         [-1, 1] across the frame (with K = 2 also the first minus the second) and their sines and cosines at 1,
         2, 4 and 8 periods, projected to the width."""
@@ -191,7 +204,8 @@ class FrameStem(nn.Module):
             u = torch.cat([u, (u[..., :1, :] - u[..., 1:, :])], -2)
         ang = u.unsqueeze(-1) * self.freqs  # [..., P, 2, octaves]
         feats = torch.cat([u, ang.sin().flatten(-2), ang.cos().flatten(-2)], -1).flatten(-2)
-        return self.kp_proj(feats.to(self.kp_proj.weight.dtype))
+        proj = self.kp_proj if proj is None else proj  # the first camera's, or a further camera's
+        return proj(feats.to(proj.weight.dtype))
 
     def _conv(self, x: Tensor, layer: nn.Linear, index: Tensor, valid: Tensor) -> Tensor:
         b, t, c = x.shape

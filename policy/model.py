@@ -89,6 +89,11 @@ class ModelConfig:
     """With ``keypoint``: a second read-out points at the robot's effector (its grip) in each observed frame, and
     the policy is handed that place too, and the named place minus it: where the object lies from the gripper,
     in the image, which is what a reaching controller acts on. Trained on the scenes' effector pixel."""
+    keypoint_cameras: int = 1
+    """With ``keypoint``: the cameras of each observed frame whose places are read and handed over, from the first
+    (2: the front and the wrist camera too, with an embedding of its own). The same read-outs point in every
+    camera; the pointing loss teaches them on scenes of each (``robotok-record-scenes --camera``). A frame
+    without that camera (another robot's) gets nothing for it."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
@@ -105,6 +110,8 @@ class ModelConfig:
             raise ValueError("keypoint is the soft-argmax of the pointing read-out: set ground_head too")
         if self.keypoint_effector and not self.keypoint:
             raise ValueError("keypoint_effector adds a second keypoint: set keypoint too")
+        if self.keypoint_cameras < 1 or (self.keypoint_cameras > 1 and not self.keypoint):
+            raise ValueError(f"keypoint_cameras {self.keypoint_cameras}: >= 1, and > 1 reads keypoints: set keypoint")
         if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
             raise ValueError(f"d_model {self.d_model} must split into n_head {self.n_head} heads of even width")
         if min(self.vocab_size, self.n_layer, self.n_head, self.max_seq_len) < 1:

@@ -272,10 +272,13 @@ class PickCupEnv(gym.Env):
 
     def project(self, point: np.ndarray, camera: str = "front") -> tuple[float, float]:
         """Pixel (row, col) of a world point [3] in one of the env's cameras at its image size (pinhole, MuJoCo's
-        fovy convention; row 0 at the top). Training labels of where a cup is in the image come from it."""
+        fovy convention; row 0 at the top); NaN for a point behind the camera (a wrist camera can turn away from a
+        cup). Training labels of where a cup is in the image come from it."""
         m, d = self.model, self.data
         cam = m.camera(camera).id
         rel = d.cam_xmat[cam].reshape(3, 3).T @ (np.asarray(point, np.float64) - d.cam_xpos[cam])  # looks along -z
+        if rel[2] >= 0:  # not in front of the camera: the pinhole would mirror it into the image
+            return float("nan"), float("nan")
         f = 0.5 * self.height / np.tan(np.deg2rad(m.cam_fovy[cam]) / 2)
         return float(self.height / 2 - f * rel[1] / -rel[2]), float(self.width / 2 + f * rel[0] / -rel[2])
 

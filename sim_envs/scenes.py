@@ -60,6 +60,10 @@ class ScenesConfig:
     frames (0: first frames only)."""
     noise: float = 0.3
     """The expert's action noise during --rollout (robotok-record --noise)."""
+    rollout_any_cup: bool = False
+    """During --rollout the expert reaches for a cup drawn at random (the named one among them) instead of the
+    named one: in a camera that follows the gripper (the wrist's) the cup under it then does not tell which one
+    the prompt names."""
     workers: int = 1
     """Processes that render scenes (spawned; each makes its own renderer)."""
 
@@ -69,6 +73,8 @@ class ScenesConfig:
                 f"scenes {self.scenes} and workers {self.workers} must be >= 1; seed_start {self.seed_start}, "
                 f"rollout {self.rollout} and noise {self.noise} >= 0"
             )
+        if self.rollout_any_cup and not self.rollout:
+            raise ValueError("--rollout-any-cup picks the cup the --rollout steps reach for: set --rollout too")
         if self.out.suffix != ".npz":
             raise ValueError(f"out {self.out}: give a .npz file name")
 
@@ -105,6 +111,11 @@ def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.
             obs, info = env.reset(seed=seed)
             if cfg.rollout:
                 expert = make_expert(env, noise=cfg.noise)
+                if cfg.rollout_any_cup:
+                    from robotok.sim_envs.pick_cup_expert import PickCupExpert
+
+                    cup = int(np.random.default_rng([seed, 11]).integers(len(base.cup_colors)))
+                    expert = PickCupExpert(env, noise=cfg.noise, cup=cup)
                 for _ in range(np.random.default_rng([seed, 7]).integers(cfg.rollout + 1)):
                     obs, _, terminated, truncated, _ = env.step(np.asarray(expert(obs), np.float32))
                     if terminated or truncated:

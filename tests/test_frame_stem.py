@@ -24,7 +24,13 @@ STATE, ACTION = 280, 1400  # a state id (after the 256 text ids from 10) and an 
 
 
 def make(
-    film: int = 0, seed: int = 0, stem: int = 8, ground: bool = False, keypoint: bool = False, effector: bool = False
+    film: int = 0,
+    seed: int = 0,
+    stem: int = 8,
+    ground: bool = False,
+    keypoint: bool = False,
+    effector: bool = False,
+    keypoint_cameras: int = 1,
 ) -> Transformer:
     torch.manual_seed(seed)
     cfg = preset(
@@ -38,6 +44,7 @@ def make(
         ground_head=ground or keypoint,
         keypoint=keypoint,
         keypoint_effector=effector,
+        keypoint_cameras=keypoint_cameras,
     )
     m = Transformer(cfg).eval()
     if keypoint:  # a read-out that marks cells and moves their points (both start flat or at zero)
@@ -77,13 +84,15 @@ def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
 
 @pytest.mark.parametrize(
     "film,keypoint,effector,cameras",
-    [(0, False, False, 1), (16, False, False, 1), (16, True, True, 1), (16, True, True, 2)],
+    [(0, False, False, 1), (16, False, False, 1), (16, True, True, 1), (16, True, True, 2), (16, True, True, 3)],
 )
 @torch.no_grad()
 def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint, effector, cameras):
     """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
-    predicted frame and state): the cache carries the open frame and the prompt's encoding across calls."""
-    m = make(film, keypoint=keypoint, effector=effector)
+    predicted frame and state): the cache carries the open frame and the prompt's encoding across calls. The
+    3 stands for two cameras read by the keypoints (``keypoint_cameras=2``)."""
+    m = make(film, keypoint=keypoint, effector=effector, keypoint_cameras=2 if cameras == 3 else 1)
+    cameras = min(cameras, 2)
     if film:
         torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
     ids, a = sample(cameras=cameras)
@@ -189,6 +198,32 @@ def test_the_keypoint_hands_the_named_place_to_the_observed_frames_close(effecto
         )
 
 
+@torch.no_grad()
+def test_a_second_keypoint_camera_adds_its_own_place_and_a_one_camera_frame_only_the_first():
+    """ModelConfig.keypoint_cameras=2: the FRAME_CLOSE of a two-camera frame gains the first camera's place through
+    ``kp_proj`` and the second camera's (the read-outs over its cells, as over a lone frame) through its own
+    projection; a frame of one camera (another robot's) gains the first camera's only."""
+    m = make(film=16, keypoint=True, effector=True, keypoint_cameras=2)
+    torch.nn.init.normal_(m.stem.film.weight)
+    plain = make(film=16)
+    plain.load_state_dict(m.state_dict(), strict=False)
+    plain.stem.film.load_state_dict(m.stem.film.state_dict())
+    for cameras in (2, 1):
+        ids, a = sample(cameras=cameras)
+        x, x0 = m.embed(torch.tensor([ids]))[0][0], plain.embed(torch.tensor([ids]))[0][0]
+        close, first, sep = ids.index(FRAME_CLOSE), ids.index(FRAME_OPEN) + 1, ids.index(SEP) + 1
+        assert (x - x0).abs().amax(-1).nonzero().flatten().tolist() == [close]
+        prompt = torch.tensor([ids[:sep]])
+        expect = m.stem.embed_place(m.ground_point(prompt, torch.tensor([ids[first : first + 16]]))[1])[0]
+        if cameras == 2:
+            wrist = m.ground_point(prompt, torch.tensor([ids[first + 16 : first + 32]]))[1]
+            expect = expect + m.stem.embed_place(wrist, m.stem.kp_proj_cams[0])[0]
+            assert m.stem.embed_place(wrist, m.stem.kp_proj_cams[0]).abs().max() > 0
+        torch.testing.assert_close(x[close] - x0[close], expect, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="keypoint_cameras"):
+        preset("micro", keypoint_cameras=2)
+
+
 def test_config_names_what_the_stem_needs():
     with pytest.raises(ValueError, match="video_stem needs"):
         preset("micro", video_grid=GRID, video_stem=8)
@@ -198,12 +233,12 @@ def test_config_names_what_the_stem_needs():
         preset("micro", video_grid=(4,))
 
 
-@pytest.mark.parametrize("keypoint", [False, True])
-def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path, keypoint):
-    m = make(film=16, keypoint=keypoint, effector=keypoint)
+@pytest.mark.parametrize(("keypoint", "cameras"), [(False, 1), (True, 1), (True, 2)])
+def test_exported_graphs_carry_the_prompt_encoding_and_match_torch(tmp_path, keypoint, cameras):
+    m = make(film=16, keypoint=keypoint, effector=keypoint, keypoint_cameras=cameras)
     torch.nn.init.normal_(m.stem.film.weight)
     export_transformer(m, tmp_path)
-    ids, a = sample()
+    ids, a = sample(cameras=cameras)
     sep = ids.index(SEP) + 1
     checks = check_graphs(m, tmp_path, 0, chunks=(ids[:sep], ids[sep:a], [ids[a]]))
     assert checks["prefill_max_abs_logit_diff"] < 1e-4 and checks["decode_max_abs_logit_diff"] < 1e-4, checks

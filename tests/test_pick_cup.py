@@ -63,6 +63,30 @@ def test_front_camera_shows_each_cup_in_its_colour(env: PickCupEnv) -> None:
             assert seen == name, (seed, name, seen, patch)
 
 
+def test_wrist_camera_labels_the_named_cup_where_it_shows_and_nothing_behind_it() -> None:
+    """The wrist-camera scenes' labels (``target_pixel("wrist")``): once the expert hovers over the named cup, the
+    pixels there have its colour; a point behind the camera has no pixel (NaN), not a mirrored one."""
+    from robotok.sim_envs.pick_cup_expert import PickCupExpert
+
+    env = PickCupEnv(cameras=("wrist",))
+    names = list(CUP_COLORS)
+    chroma = np.array([CUP_COLORS[n] for n in names]) / np.array([CUP_COLORS[n] for n in names]).max(1, keepdims=True)
+    for seed in range(4):
+        obs, _ = env.reset(seed=seed)
+        expert = PickCupExpert(env)
+        while expert.phase == "approach":
+            obs, *_ = env.step(expert(obs))
+        r, c = (int(v) for v in env.target_pixel("wrist"))
+        assert 1 <= r < env.height - 1 and 1 <= c < env.width - 1, (seed, r, c)
+        patch = obs["pixels"]["wrist"][r - 1 : r + 2, c - 1 : c + 2].reshape(-1, 3).astype(np.float32).mean(0)
+        seen = names[int(np.argmin(np.abs(chroma - patch / patch.max()).sum(1)))]
+        assert seen == env.cup_colors[env.target_index], (seed, seen, patch)
+    cam = env.model.camera("wrist").id
+    behind = env.data.cam_xpos[cam] + env.data.cam_xmat[cam].reshape(3, 3)[:, 2] * 0.1  # +z: behind the lens
+    assert np.isnan(env.project(behind, "wrist")).all()
+    env.close()
+
+
 def test_same_seed_same_trajectory() -> None:
     a, b = PickCupEnv(), PickCupEnv()
     actions = np.random.default_rng(0).uniform(-1, 1, size=(40, 5)).astype(np.float32)

@@ -150,9 +150,21 @@ def test_commands_are_what_a_user_types(tmp_path):
     bucketed = train(dataclasses.replace(p, length_buckets=4))
     assert bucketed[bucketed.index("--length-buckets") + 1] == "4"
     assert "--length-buckets" not in train(dataclasses.replace(p, length_buckets=1))
-    replans = train(dataclasses.replace(p, execute_steps=2))
-    assert replans[replans.index("--n-action-steps") + 1] == "2"
-    assert "--n-action-steps" not in train(dataclasses.replace(p, execute_steps=0))
+    replans = train(dataclasses.replace(p, execute_steps={"pickcup": 2, "drive": 5}))  # in the datasets' order
+    assert replans[replans.index("--n-action-steps") :][:3] == ["--n-action-steps", "2", "5"]
+    assert "--n-action-steps" not in train(dataclasses.replace(p, execute_steps={}))
+    wrist = dataclasses.replace(p, cameras=("front", "wrist"), scene_cameras=("front", "wrist"))
+    rec = commands("record", tmp_path, wrist)
+    wrist_scenes = str(tmp_path / "scenes" / "pickcup_wrist.npz")
+    assert rec[2][rec[2].index("--out") + 1] == scenes and "--camera" not in rec[2]
+    assert rec[3][rec[3].index("--out") + 1] == wrist_scenes and rec[3][rec[3].index("--camera") + 1] == "wrist"
+    pre = commands("pretokenize", tmp_path, wrist)[0]
+    assert pre[pre.index("--scenes") + 1 : pre.index("--scenes") + 3] == [scenes, wrist_scenes]
+    kp = train(wrist)
+    assert kp[kp.index("--keypoint-cameras") + 1] == "2"
+    assert "--keypoint-cameras" not in train(dataclasses.replace(p, scene_cameras=("front",)))
+    with pytest.raises(ValueError, match="must be the first of cameras"):
+        commands("record", tmp_path, dataclasses.replace(wrist, scene_cameras=("wrist",)))
     ev = commands("eval", tmp_path, p)
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):
@@ -184,8 +196,11 @@ def test_overrides_change_preset_fields_by_their_types():
             "model=small",
             "video_channels=16,32",
             'episodes={"pickcup": 50, "drive": 20}',
+            'execute_steps={"pickcup": 3, "drive": 4}',
         ],
     )
+    assert p.execute_steps == {"pickcup": 3, "drive": 4}
+    assert with_overrides(cpu, ["execute_steps={}"]).execute_steps == {}
     assert p.cameras == ("front", "wrist") and p.goal is True and p.train_steps == 3000 and p.lr == 5e-4
     assert p.model == "small" and p.video_channels == (16, 32) and p.episodes == {"pickcup": 50, "drive": 20}
     assert (p.horizon, p.noise, p.frame_loss_weight) == (cpu.horizon, cpu.noise, cpu.frame_loss_weight)
@@ -197,6 +212,7 @@ def test_overrides_change_preset_fields_by_their_types():
         ("goal=maybe", "a bool"),
         ("action_kind=fourier", "one of"),
         ('episodes={"pickcup": 50}', "every task"),
+        ('execute_steps={"pickcup": 2}', "every task"),
         ("episodes=[1, 2]", "a JSON object"),
     ):
         with pytest.raises(ValueError, match=says):

@@ -58,6 +58,23 @@ def test_a_rollout_shows_the_arm_reaching_and_keeps_the_scene(tmp_path) -> None:
     assert not (tmp_path / "c.npz").exists()
 
 
+def test_wrist_scenes_reaching_for_any_cup_do_not_centre_the_named_one(tmp_path) -> None:
+    """--camera wrist --rollout-any-cup: after a long reach the grip hovers over the cup the expert was given; with
+    the named cup always given, the named cup lies under the grip in every such wrist frame, and with any cup
+    it lies elsewhere (or out of view) in some, so the wrist read-out cannot point at whatever is centred."""
+    cfg = ScenesConfig(scenes=16, out=tmp_path / "named.npz", rollout=60, camera="wrist")
+    named = load_scenes(record_scenes(cfg, progress=False)["out"])
+    anyc = replace(cfg, out=tmp_path / "any.npz", rollout_any_cup=True)
+    anyc = load_scenes(record_scenes(anyc, progress=False)["out"])
+    np.testing.assert_array_equal(named["prompt"], anyc["prompt"])
+    long = [i for i in range(16) if np.random.default_rng([1_000_000 + i, 7]).integers(61) >= 40]
+    gap = lambda s: np.nan_to_num(np.linalg.norm(s["pixel"] - s["effector"], axis=1), nan=99.0)[long]  # noqa: E731
+    assert len(long) >= 4 and (gap(named) < 12).all(), gap(named)
+    assert (gap(anyc) > 12).any(), gap(anyc)
+    with pytest.raises(ValueError, match="set --rollout"):
+        ScenesConfig(out=tmp_path / "x.npz", rollout_any_cup=True)
+
+
 def test_bad_input_is_refused_and_nothing_is_written(tmp_path, monkeypatch) -> None:
     with pytest.raises(ValueError, match="names no object"):
         record_scenes(ScenesConfig(env="robotok/Drive-v0", scenes=2, out=tmp_path / "d.npz"), progress=False)
