@@ -318,7 +318,7 @@ def scene_files(out: Path, p: Preset) -> list[tuple[str, str, Path]]:
     if tuple(p.cameras[: len(p.scene_cameras)]) != tuple(p.scene_cameras):
         raise ValueError(
             f"scene_cameras {p.scene_cameras} must be the first of cameras {p.cameras}, in that order: the keypoints "
-            "read each frame's cameras from the first"
+            "read each frame's cameras from the first (override both, e.g. cameras=front scene_cameras=front)"
         )
     return [
         (t, cam, out / "scenes" / (f"{t}.npz" if i == 0 else f"{t}_{cam}.npz"))

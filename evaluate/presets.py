@@ -122,6 +122,8 @@ _CPU = Preset(
     eval_workers=2,
     videos=2,
     length_buckets=4,
+    execute_steps={"pickcup": 2, "drive": 5},
+    scene_cameras=("front", "wrist"),
 )
 # The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {

@@ -137,7 +137,7 @@ def test_second_run_skips_finished_stages(smoke_run):
 def test_commands_are_what_a_user_types(tmp_path):
     p = PRESETS["cpu"]
     rec = commands("record", tmp_path, p)
-    assert [c[0] for c in rec] == ["robotok-record", "robotok-record", "robotok-record-scenes"]
+    assert [c[0] for c in rec] == ["robotok-record", "robotok-record", "robotok-record-scenes", "robotok-record-scenes"]
     assert str(tmp_path / "data" / "pickcup") in rec[0] and str(tmp_path / "data" / "drive") in rec[1]
     assert str(tmp_path / "scenes" / "pickcup.npz") in rec[2] and "robotok/PickCup-v0" in rec[2]
     scenes = str(tmp_path / "scenes" / "pickcup.npz")
@@ -177,8 +177,9 @@ def test_record_keeps_a_finished_task_and_dry_run_only_prints(tmp_path, capsys):
     info.write_text("{}")
     run(PipelineConfig(out=tmp_path, preset="smoke", stages=("record", "fit"), dry_run=True))
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("$ ")]
-    assert len(printed) == 3 and "robotok/Drive-v0" in printed[0] and printed[1].startswith("$ robotok-record-scenes")
-    assert printed[2].startswith("$ robotok-fit-tokenizers")
+    assert len(printed) == 4 and "robotok/Drive-v0" in printed[0]
+    assert printed[1].startswith("$ robotok-record-scenes") and "--camera wrist" in printed[2]
+    assert printed[3].startswith("$ robotok-fit-tokenizers")
     assert info.is_file() and not (tmp_path / "data" / "drive").exists()
 
 
@@ -220,7 +221,7 @@ def test_overrides_change_preset_fields_by_their_types():
 
 
 def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, capsys):
-    cfg = PipelineConfig(out=tmp_path, preset="smoke", overrides=("cameras=front", "goal=true"))
+    cfg = PipelineConfig(out=tmp_path, preset="smoke", overrides=("cameras=front", "scene_cameras=front", "goal=true"))
     p = cfg.settings()
     pre = commands("pretokenize", tmp_path, p)[0]
     assert pre[pre.index("--cameras") + 1 : pre.index("--cameras") + 3] == ["front", "--horizon"] and "--goal" in pre
@@ -244,4 +245,4 @@ def test_overridden_settings_reach_the_commands_and_guard_the_run_dir(tmp_path, 
     title = write_pipeline_report(
         tmp_path, {"preset": "smoke", "overrides": list(cfg.overrides), "stages": {}}
     ).read_text()
-    assert title.startswith("# robotok demo: preset `smoke` with `cameras=front`, `goal=true`")
+    assert title.startswith("# robotok demo: preset `smoke` with `cameras=front`, `scene_cameras=front`, `goal=true`")
