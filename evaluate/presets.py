@@ -1,12 +1,14 @@
 """The demo's presets: every choice of ``robotok-pipeline`` in one place, as plain data.
 
-``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; it now takes 60, below), ``gpu`` for one
+``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; it now takes 63, below), ``gpu`` for one
 CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI runs; its policy
 is not expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else running): the
-current preset took 59 min 49 s with set-up (record 106 s, video 263 s, pretokenize 111 s, train 2,592 s at 1.04 s
-per step, eval 435 s); the preset before the keypoints and the wrist took 42 min 27 s with set-up (record with the
+current preset took 62 min 55 s with set-up (record with the front and wrist scenes 132 s, video 287 s, pretokenize
+135 s, train 2,754 s at 1.10 s per step, eval 404 s); the one before the wrist keypoints and per-robot replanning 59
+min 49 s (record 106 s, video 263 s, pretokenize 111 s, train 2,592 s at 1.04 s per step, eval 435 s); the preset
+before the keypoints and the wrist took 42 min 27 s with set-up (record with the
 5,000 scenes 54 s, video 218 s, pretokenize 72 s, train 1,647 s at 0.66 s per step, eval 490 s); an earlier preset,
 the same model without the prompt FiLM and 2,500 steps as well, took 54 min 40 s with set-up (record 58 s, video 306
 s, pretokenize 77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to 225 tokens in bf16, eval 412 s); the
@@ -26,7 +28,10 @@ and the gripper's (``keypoint``, ``keypoint_effector``): PickCup 22% against 1-7
 53% against 65-68% (one run each, README). With the wrist camera added to PickCup's context PickCup rose to 39% and
 Drive to 68% on the same demonstrations, for 64 more ids per PickCup frame (observed and predicted): 2,592 s of
 training against 2,060, with batches drawn by length (``length_buckets``) so that a PickCup row does not pad
-Drive's.
+Drive's. The same checkpoint executing 2 actions per chunk instead of 5 lifts the cup in 50% of the 100 unseen
+seeds, Drive falls to 55%: each robot now executes its own count (``execute_steps``). Pointing scenes from the
+wrist camera too and the place read in the wrist view handed to the policy (``scene_cameras``) took PickCup to 82%
+on the same demonstrations; Drive was at 56% in that run.
 """
 
 from __future__ import annotations
