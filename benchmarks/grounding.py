@@ -4,7 +4,7 @@
 
 Success rates need whole episodes and say little while they sit near 0%. This asks the policy for its first
 chunk in each of ``--seeds`` unseen scenes, once per cup on the table with that cup named in the prompt, and
-measures the direction it commands (mean x/y velocity of the actions it executes of it) against the
+measures the direction it commands (mean x/y velocity of the actions it executes of that chunk) against the
 direction from the gripper to the named cup: cosine > 0.9 counts as "heads for it". The baseline, measured on
 the same scenes, is a prompt-blind policy that heads for a cup of the scene drawn at random (it scores what
 "reaching for some cup" is worth). For a policy trained with ``robotok-pretokenize --goal`` it also reports

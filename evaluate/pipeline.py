@@ -313,13 +313,8 @@ def scene_tasks(p: Preset) -> list[str]:
 
 def scene_files(out: Path, p: Preset) -> list[tuple[str, str, Path]]:
     """(task, camera, file) of each scene file the record stage writes: ``scenes/<task>.npz`` for the first of
-    ``Preset.scene_cameras``, ``scenes/<task>_<camera>.npz`` for the others. They must be the first cameras of the
-    policy's, in its order: the keypoints read each observed frame's cameras from the first."""
-    if tuple(p.cameras[: len(p.scene_cameras)]) != tuple(p.scene_cameras):
-        raise ValueError(
-            f"scene_cameras {p.scene_cameras} must be the first of cameras {p.cameras}, in that order: the keypoints "
-            "read each frame's cameras from the first (override both, e.g. cameras=front scene_cameras=front)"
-        )
+    ``Preset.scene_cameras`` (the policy's first cameras, in its order: ``Preset`` checks it),
+    ``scenes/<task>_<camera>.npz`` for the others."""
     return [
         (t, cam, out / "scenes" / (f"{t}.npz" if i == 0 else f"{t}_{cam}.npz"))
         for t in scene_tasks(p)

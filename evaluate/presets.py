@@ -98,6 +98,14 @@ class Preset:
     execute_steps: dict[str, int] = field(default_factory=dict)
     device: str = "cpu"
 
+    def __post_init__(self) -> None:
+        if tuple(self.cameras[: len(self.scene_cameras)]) != tuple(self.scene_cameras):
+            raise ValueError(
+                f"scene_cameras {self.scene_cameras} must be the first of cameras {self.cameras}, in that order: the "
+                "keypoints read each frame's cameras from the first (override both, e.g. cameras=front "
+                "scene_cameras=front)"
+            )
+
 
 _CPU = Preset(
     episodes={"pickcup": 500, "drive": 200},

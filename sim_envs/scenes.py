@@ -32,6 +32,7 @@ import tyro
 from tqdm import tqdm
 
 from robotok.sim_envs import json_object, make_expert  # importing the package also registers the env ids
+from robotok.sim_envs.pick_cup_expert import PickCupExpert
 
 SCENES_FORMAT = "robotok-scenes-v1"
 
@@ -110,12 +111,11 @@ def render_range(cfg: ScenesConfig, first: int, n: int) -> tuple[np.ndarray, np.
             seed = cfg.seed_start + first + j
             obs, info = env.reset(seed=seed)
             if cfg.rollout:
-                expert = make_expert(env, noise=cfg.noise)
-                if cfg.rollout_any_cup:
-                    from robotok.sim_envs.pick_cup_expert import PickCupExpert
-
+                if cfg.rollout_any_cup:  # the expert reaches for a cup drawn from the scene's seed
                     cup = int(np.random.default_rng([seed, 11]).integers(len(base.cup_colors)))
                     expert = PickCupExpert(env, noise=cfg.noise, cup=cup)
+                else:
+                    expert = make_expert(env, noise=cfg.noise)
                 for _ in range(np.random.default_rng([seed, 7]).integers(cfg.rollout + 1)):
                     obs, _, terminated, truncated, _ = env.step(np.asarray(expert(obs), np.float32))
                     if terminated or truncated:

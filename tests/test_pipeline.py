@@ -165,6 +165,8 @@ def test_commands_are_what_a_user_types(tmp_path):
     assert "--keypoint-cameras" not in train(dataclasses.replace(p, scene_cameras=("front",)))
     with pytest.raises(ValueError, match="must be the first of cameras"):
         commands("record", tmp_path, dataclasses.replace(wrist, scene_cameras=("wrist",)))
+    with pytest.raises(ValueError, match="must be the first of cameras"):  # an override is refused before any run
+        PipelineConfig(overrides=("cameras=front",))
     ev = commands("eval", tmp_path, p)
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):
