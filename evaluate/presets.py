@@ -96,6 +96,8 @@ class Preset:
     # --n-action-steps; empty: n_action_steps for all). PickCup corrects its reach more often at 2; Drive does
     # better at 5 (README, "Which choices mattered")
     execute_steps: dict[str, int] = field(default_factory=dict)
+    # the prompt encoder's output added to every position (robotok-train --prompt-context; needs prompt_film)
+    prompt_context: bool = False
     device: str = "cpu"
 
     def __post_init__(self) -> None:

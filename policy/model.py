@@ -94,6 +94,10 @@ class ModelConfig:
     (2: the front and the wrist camera too, with an embedding of its own). The same read-outs point in every
     camera; the pointing loss teaches them on scenes of each (``robotok-record-scenes --camera``). A frame
     without that camera (another robot's) gets nothing for it."""
+    prompt_context: bool = False
+    """Add a projection of the prompt's encoding (the FiLM encoder's, ``FrameStem.encode_prompt``) to every input
+    embedding, so each position holds what the prompt asks without attending back to its bytes: a route that
+    decides the actions only at the intersection, a hundred positions after the prompt. Needs ``prompt_film``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "video_levels", tuple(int(v) for v in self.video_levels))
@@ -104,6 +108,8 @@ class ModelConfig:
             raise ValueError("video_stem needs video_levels and video_grid (the stem reads code vectors on the grid)")
         if self.prompt_film and not self.video_stem:
             raise ValueError("prompt_film conditions the frame stem: set video_stem too")
+        if self.prompt_context and not self.prompt_film:
+            raise ValueError("prompt_context adds the prompt encoder's output: set prompt_film too")
         if self.ground_head and not self.prompt_film:
             raise ValueError("ground_head reads the prompt-conditioned stem: set prompt_film too")
         if self.keypoint and not self.ground_head:
@@ -365,6 +371,8 @@ class Transformer(nn.Module):
         if cfg.video_grid:
             self.cell_emb = nn.Embedding(cfg.video_grid[0] * cfg.video_grid[1], cfg.d_model)
         self.stem = FrameStem(cfg) if cfg.video_stem else None
+        if cfg.prompt_context:
+            self.prompt_proj = nn.Linear(cfg.prompt_film, cfg.d_model, bias=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
@@ -412,14 +420,22 @@ class Transformer(nn.Module):
         x = x + self.cell_emb(cell) * in_frame.unsqueeze(-1).to(x.dtype)
         # a decoding step of action or predicted-frame ids (not the prompt's, at 0: its encoding is made below)
         if _no_observed_frame(observed, open_before) and (not self.cfg.prompt_film or int(pos0) > 0):
-            return x, open_after, cond_before if self.cfg.prompt_film else None
+            return self._with_prompt(x, cond_before), open_after, cond_before if self.cfg.prompt_film else None
         cond = self.stem.encode_prompt(idx, pos0, cond_before) if self.cfg.prompt_film else None
         if self.stem is not None:
             stem = self.stem(vec, cell, observed, cond)
             x = x + stem.to(x.dtype)
             if self.cfg.keypoint:
                 x = x + self.stem.keypoint(idx, stem, observed, opened, pos0).to(x.dtype)
-        return x, open_after, cond
+        return self._with_prompt(x, cond), open_after, cond
+
+    def _with_prompt(self, x: Tensor, cond: Tensor | None) -> Tensor:
+        """``x`` plus the projected prompt encoding at every position (``cfg.prompt_context``; else ``x``)."""
+        if not self.cfg.prompt_context:
+            return x
+        if cond is None:  # ids fed after a prompt whose encoding was not carried: zeros, as the stem takes them
+            return x
+        return x + self.prompt_proj(cond.to(self.prompt_proj.weight.dtype)).unsqueeze(1).to(x.dtype)
 
     def ground_logits(self, prompt: Tensor, video: Tensor) -> Tensor:
         """Which cell of a lone frame holds what the prompt names: logits [B, h*w] from ``prompt`` [B, P] ids

@@ -100,6 +100,9 @@ class TrainConfig:
     """With --keypoint: hand over the places read in this many cameras of each observed frame, from the first
     (ModelConfig.keypoint_cameras; 2: the wrist camera's too). The pointing loss teaches the read-outs on the
     scenes of each camera (robotok-record-scenes --camera wrist, passed to robotok-pretokenize --scenes)."""
+    prompt_context: bool = False
+    """Add the prompt encoder's output to every input embedding (ModelConfig.prompt_context), so the positions
+    that choose a route at the intersection read the prompt directly. Needs --prompt-film."""
     n_action_steps: tuple[int, ...] = ()
     """Actions the trained policy executes per chunk before it predicts the next (policy.json): one value for every
     robot, or one per dataset of the shards in their order, e.g. ``2 5``: PickCup corrects its reach every 2
@@ -151,6 +154,8 @@ class TrainConfig:
             raise ValueError("--keypoint hands the policy what the pointing loss trains: set --ground-weight too")
         if self.keypoint_effector and not self.keypoint:
             raise ValueError("--keypoint-effector adds a second keypoint: set --keypoint too")
+        if self.prompt_context and not self.prompt_film:
+            raise ValueError("--prompt-context adds the prompt encoder's output: it needs --prompt-film (e.g. 64)")
         if self.keypoint_cameras < 1 or (self.keypoint_cameras > 1 and not self.keypoint):
             raise ValueError(f"--keypoint-cameras {self.keypoint_cameras}: >= 1, and > 1 needs --keypoint")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -349,6 +354,7 @@ class Trainer:
             **({"keypoint": True} if cfg.keypoint else {}),
             **({"keypoint_effector": True} if cfg.keypoint_effector else {}),
             **({"keypoint_cameras": cfg.keypoint_cameras} if cfg.keypoint_cameras > 1 else {}),
+            **({"prompt_context": True} if cfg.prompt_context else {}),
         )
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)

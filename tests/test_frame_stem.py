@@ -31,6 +31,7 @@ def make(
     keypoint: bool = False,
     effector: bool = False,
     keypoint_cameras: int = 1,
+    context: bool = False,
 ) -> Transformer:
     torch.manual_seed(seed)
     cfg = preset(
@@ -45,6 +46,7 @@ def make(
         keypoint=keypoint,
         keypoint_effector=effector,
         keypoint_cameras=keypoint_cameras,
+        prompt_context=context,
     )
     m = Transformer(cfg).eval()
     if keypoint:  # a read-out that marks cells and moves their points (both start flat or at zero)
@@ -83,15 +85,25 @@ def test_stem_is_two_zero_padded_3x3_convolutions_on_the_grid():
 
 
 @pytest.mark.parametrize(
-    "film,keypoint,effector,cameras",
-    [(0, False, False, 1), (16, False, False, 1), (16, True, True, 1), (16, True, True, 2), (16, True, True, 3)],
+    "film,keypoint,effector,cameras,context",
+    [
+        (0, False, False, 1, False),
+        (16, False, False, 1, False),
+        (16, True, True, 1, False),
+        (16, True, True, 2, False),
+        (16, True, True, 3, False),
+        (16, True, True, 3, True),
+    ],
 )
 @torch.no_grad()
-def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(film, keypoint, effector, cameras):
+def test_decoding_as_the_runtime_and_world_model_feed_it_equals_the_full_forward(
+    film, keypoint, effector, cameras, context
+):
     """Prompt prefix, then one observed step, then every later id one at a time (the action chunk and the
     predicted frame and state): the cache carries the open frame and the prompt's encoding across calls. The
-    3 stands for two cameras read by the keypoints (``keypoint_cameras=2``)."""
-    m = make(film, keypoint=keypoint, effector=effector, keypoint_cameras=2 if cameras == 3 else 1)
+    3 stands for two cameras read by the keypoints (``keypoint_cameras=2``); ``context``: the prompt's encoding
+    is added at every position (``prompt_context``)."""
+    m = make(film, keypoint=keypoint, effector=effector, keypoint_cameras=2 if cameras == 3 else 1, context=context)
     cameras = min(cameras, 2)
     if film:
         torch.nn.init.normal_(m.stem.film.weight)  # a conditioned stem (it starts as the identity)
@@ -285,3 +297,26 @@ def test_the_ground_head_learns_to_mark_the_cell_the_prompt_names() -> None:
     assert hit > 0.9 and hit_other > 0.9, (hit, hit_other)  # a model blind to the prompt gets one half
     with pytest.raises(ValueError, match="ground_head"):
         make(film=8).ground_logits(prompts, video)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("context", [False, True])
+def test_prompt_context_puts_the_prompt_into_every_later_input(context: bool) -> None:
+    """``prompt_context``: an action id's input embedding, far from the prompt, differs between "turn left" and
+    "turn right" (and fed alone after a cached prompt it carries the same); without it an action id's input is
+    its own embedding whatever the prompt."""
+    m = make(film=16, context=context)
+    inputs = []
+    for prompt in (b"turn left at the intersection", b"turn right at the intersection"):
+        ids, a = sample(prompt=prompt)
+        x, _, cond = m.embed(torch.tensor([ids]))
+        step, _, _ = m.embed(torch.tensor([[ids[a]]]), torch.tensor(a), None, cond)  # as a decoding step
+        torch.testing.assert_close(step[0, 0], x[0, a], atol=1e-6, rtol=0)
+        inputs.append(x[0, a])
+    differs = (inputs[0] - inputs[1]).abs().max() > 1e-4
+    assert bool(differs) == context
+
+
+def test_prompt_context_needs_the_prompt_encoder() -> None:
+    with pytest.raises(ValueError, match="prompt_film"):
+        preset("micro", prompt_context=True)

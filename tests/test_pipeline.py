@@ -163,6 +163,9 @@ def test_commands_are_what_a_user_types(tmp_path):
     kp = train(wrist)
     assert kp[kp.index("--keypoint-cameras") + 1] == "2"
     assert "--keypoint-cameras" not in train(dataclasses.replace(p, scene_cameras=("front",)))
+    assert "--prompt-context" in train(dataclasses.replace(p, prompt_context=True))
+    assert "--prompt-context" not in train(dataclasses.replace(p, prompt_context=False))
+    assert "--prompt-context" not in train(dataclasses.replace(p, prompt_context=True, prompt_film=0))
     with pytest.raises(ValueError, match="must be the first of cameras"):
         commands("record", tmp_path, dataclasses.replace(wrist, scene_cameras=("wrist",)))
     with pytest.raises(ValueError, match="must be the first of cameras"):  # an override is refused before any run
