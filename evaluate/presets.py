@@ -1,38 +1,42 @@
 """The demo's presets: every choice of ``robotok-pipeline`` in one place, as plain data.
 
-``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; it now takes 63, below), ``gpu`` for one
-CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI runs; its policy
-is not expected to succeed). The other presets differ from the cpu one only where written.
+``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; the preset before took 63, below), ``gpu``
+for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI runs; its
+policy is not expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else running): the
-current preset took 62 min 55 s with set-up (record with the front and wrist scenes 132 s, video 287 s, pretokenize
-135 s, train 2,754 s at 1.10 s per step, eval 404 s); the one before the wrist keypoints and per-robot replanning 59
-min 49 s (record 106 s, video 263 s, pretokenize 111 s, train 2,592 s at 1.04 s per step, eval 435 s); the preset
-before the keypoints and the wrist took 42 min 27 s with set-up (record with the
-5,000 scenes 54 s, video 218 s, pretokenize 72 s, train 1,647 s at 0.66 s per step, eval 490 s); an earlier preset,
-the same model without the prompt FiLM and 2,500 steps as well, took 54 min 40 s with set-up (record 58 s, video 306
-s, pretokenize 77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to 225 tokens in bf16, eval 412 s); the
-previous measured run, before the next state joined the world-model targets, trained at 0.79 s per step and took 47
-min 43 s. The Intel CPU with AMX on which the preset was first sized trained about 2x faster (3,500 steps in 1,490
-s, the whole demo 33 min 28 s); there 3,500 steps with the next-frame loss reached Drive 84%, here 2,500 reach 70%.
-Training computes the output head only at the positions that carry a loss, which took 3,500 steps from 35.4 to 24.8
-minutes. PickCup records 500 episodes to Drive's 200 because its episodes are 2.7x shorter: both tasks then give
-about the same number of training sequences (with 200 each, PickCup had 27% of them). The video tokenizer weights
-pixels away from the frame's dominant colour (``--object-weight``, on by default): without it the 1,000-step
-tokenizer of the first demo drew no cups at all. The policy trains with the next-frame (world-model) loss at weight
-0.5: with the same data, tokenizers and steps, Drive success on 100 unseen seeds rose from 62% [52.2, 70.9] without
-it to 84% [76, 90] with it. The prompt-conditioned stem learns which cup is named from a pointing loss on 5,000
-fresh scenes (``scenes``, ``ground_weight``; README, "Which choices mattered"), each shown after 0 to 45 steps of
-the noisy expert (``scene_rollout``), and the policy is handed the places its read-outs point at, the named cup's
-and the gripper's (``keypoint``, ``keypoint_effector``): PickCup 22% against 1-7% without the second or both, Drive
-53% against 65-68% (one run each, README). With the wrist camera added to PickCup's context PickCup rose to 39% and
-Drive to 68% on the same demonstrations, for 64 more ids per PickCup frame (observed and predicted): 2,592 s of
-training against 2,060, with batches drawn by length (``length_buckets``) so that a PickCup row does not pad
-Drive's. The same checkpoint executing 2 actions per chunk instead of 5 lifts the cup in 50% of the 100 unseen
-seeds, Drive falls to 55%: each robot now executes its own count (``execute_steps``). Pointing scenes from the
-wrist camera too and the place read in the wrist view handed to the policy (``scene_cameras``) took PickCup to 82%
-on the same demonstrations; Drive was at 56% in that run.
-"""
+preset before the prompt context and goal took 62 min 55 s with set-up (record with the front and wrist scenes 132
+s, video 287 s, pretokenize 135 s, train 2,754 s at 1.10 s per step, eval 404 s; the current one, on that run's
+data: pretokenize 95 s, train 2,893 s at 1.16 s per step, eval 351 s and its sweep 292 s, not yet run end to end);
+the one before the wrist keypoints and per-robot replanning 59 min 49 s (record 106 s, video 263 s, pretokenize 111
+s, train 2,592 s at 1.04 s per step, eval 435 s); the preset before the keypoints and the wrist took 42 min 27 s
+with set-up (record with the 5,000 scenes 54 s, video 218 s, pretokenize 72 s, train 1,647 s at 0.66 s per step,
+eval 490 s); an earlier preset, the same model without the prompt FiLM and 2,500 steps as well, took 54 min 40 s
+with set-up (record 58 s, video 306 s, pretokenize 77 s, train 2,367 s at 0.95 s per step of 32 sequences of up to
+225 tokens in bf16, eval 412 s); the previous measured run, before the next state joined the world-model targets,
+trained at 0.79 s per step and took 47 min 43 s. The Intel CPU with AMX on which the preset was first sized trained
+about 2x faster (3,500 steps in 1,490 s, the whole demo 33 min 28 s); there 3,500 steps with the next-frame loss
+reached Drive 84%, here 2,500 reach 70%. Training computes the output head only at the positions that carry a loss,
+which took 3,500 steps from 35.4 to 24.8 minutes. PickCup records 500 episodes to Drive's 200 because its episodes
+are 2.7x shorter: both tasks then give about the same number of training sequences (with 200 each, PickCup had 27%
+of them). The video tokenizer weights pixels away from the frame's dominant colour (``--object-weight``, on by
+default): without it the 1,000-step tokenizer of the first demo drew no cups at all. The policy trains with the
+next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive success on 100 unseen
+seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The prompt-conditioned stem learns which cup is
+named from a pointing loss on 5,000 fresh scenes (``scenes``, ``ground_weight``; README, "Which choices mattered"),
+each shown after 0 to 45 steps of the noisy expert (``scene_rollout``), and the policy is handed the places its
+read-outs point at, the named cup's and the gripper's (``keypoint``, ``keypoint_effector``): PickCup 22% against
+1-7% without the second or both, Drive 53% against 65-68% (one run each, README). With the wrist camera added to
+PickCup's context PickCup rose to 39% and Drive to 68% on the same demonstrations, for 64 more ids per PickCup frame
+(observed and predicted): 2,592 s of training against 2,060, with batches drawn by length (``length_buckets``) so
+that a PickCup row does not pad Drive's. The same checkpoint executing 2 actions per chunk instead of 5 lifts the
+cup in 50% of the 100 unseen seeds, Drive falls to 55%: each robot now executes its own count (``execute_steps``).
+Pointing scenes from the wrist camera too and the place read in the wrist view handed to the policy
+(``scene_cameras``) took PickCup to 82% on the same demonstrations; Drive was at 56% in that run. Traced, Drive's
+failures ignored the route (through the intersection at cruising speed for a turn, late braking for the stop): with
+the prompt's encoding added to every position (``prompt_context``) Drive reached 66% and PickCup 78% on the same
+shards, and with the goal state predicted before each chunk as well (``goal``) PickCup 85% and Drive 66%, for about
+50 ms more per chunk at inference and 2,893 s of training against 2,633 s (README, "Which choices mattered")."""
 
 from __future__ import annotations
 
@@ -131,7 +135,7 @@ _CPU = Preset(
     lr=1e-3,
     warmup=150,
     frame_loss_weight=0.5,
-    goal=False,
+    goal=True,
     eval_episodes=100,
     sweep_episodes=20,
     eval_workers=2,
@@ -139,6 +143,7 @@ _CPU = Preset(
     length_buckets=4,
     execute_steps={"pickcup": 2, "drive": 5},
     scene_cameras=("front", "wrist"),
+    prompt_context=True,
 )
 # The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {
