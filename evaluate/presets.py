@@ -1,13 +1,13 @@
 """The demo's presets: every choice of ``robotok-pipeline`` in one place, as plain data.
 
-``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; the preset before took 63, below), ``gpu``
+``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; it now takes 67, below), ``gpu``
 for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI runs; its
 policy is not expected to succeed). The other presets differ from the cpu one only where written.
 
 Sizing the cpu preset (measured on 2 cores of an AMD EPYC with AVX512-BF16, fresh clone, nothing else running): the
 preset before the prompt context and goal took 62 min 55 s with set-up (record with the front and wrist scenes 132
-s, video 287 s, pretokenize 135 s, train 2,754 s at 1.10 s per step, eval 404 s; the current one, on that run's
-data: pretokenize 95 s, train 2,893 s at 1.16 s per step, eval 351 s and its sweep 292 s, not yet run end to end);
+s, video 287 s, pretokenize 135 s, train 2,754 s at 1.10 s per step, eval 404 s; the current one 67 min 16 s
+(record 136 s, video 249 s, pretokenize 91 s, train 2,820 s at 1.13 s per step, eval 680 s);
 the one before the wrist keypoints and per-robot replanning 59 min 49 s (record 106 s, video 263 s, pretokenize 111
 s, train 2,592 s at 1.04 s per step, eval 435 s); the preset before the keypoints and the wrist took 42 min 27 s
 with set-up (record with the 5,000 scenes 54 s, video 218 s, pretokenize 72 s, train 1,647 s at 0.66 s per step,
