@@ -240,7 +240,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                     if p.keypoint and scene_tasks(p) and len(p.scene_cameras) > 1
                     else []
                 ),
-                *(["--prompt-context"] if p.prompt_context and p.prompt_film else []),
+                *(["--prompt-context"] if p.prompt_context else []),
                 *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
                 *(["--n-action-steps", *(str(p.execute_steps[t]) for t in TASKS)] if p.execute_steps else []),
                 "--device",

@@ -111,6 +111,10 @@ class Preset:
                 "keypoints read each frame's cameras from the first (override both, e.g. cameras=front "
                 "scene_cameras=front)"
             )
+        if self.prompt_context and not self.prompt_film:
+            raise ValueError(
+                "prompt_context adds the prompt encoder's output: set prompt_film too, or prompt_context=false"
+            )
 
 
 _CPU = Preset(

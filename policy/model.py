@@ -431,9 +431,7 @@ class Transformer(nn.Module):
 
     def _with_prompt(self, x: Tensor, cond: Tensor | None) -> Tensor:
         """``x`` plus the projected prompt encoding at every position (``cfg.prompt_context``; else ``x``)."""
-        if not self.cfg.prompt_context:
-            return x
-        if cond is None:  # ids fed after a prompt whose encoding was not carried: zeros, as the stem takes them
+        if not self.cfg.prompt_context or cond is None:  # None: no encoding carried in, zeros as the stem takes it
             return x
         return x + self.prompt_proj(cond.to(self.prompt_proj.weight.dtype)).unsqueeze(1).to(x.dtype)
 

@@ -165,7 +165,8 @@ def test_commands_are_what_a_user_types(tmp_path):
     assert "--keypoint-cameras" not in train(dataclasses.replace(p, scene_cameras=("front",)))
     assert "--prompt-context" in train(dataclasses.replace(p, prompt_context=True))
     assert "--prompt-context" not in train(dataclasses.replace(p, prompt_context=False))
-    assert "--prompt-context" not in train(dataclasses.replace(p, prompt_context=True, prompt_film=0))
+    with pytest.raises(ValueError, match="prompt_film"):  # refused before any run, not dropped in silence
+        train(dataclasses.replace(p, prompt_context=True, prompt_film=0))
     with pytest.raises(ValueError, match="must be the first of cameras"):
         commands("record", tmp_path, dataclasses.replace(wrist, scene_cameras=("wrist",)))
     with pytest.raises(ValueError, match="must be the first of cameras"):  # an override is refused before any run
