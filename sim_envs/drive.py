@@ -16,7 +16,7 @@ angle rad, heading error to the lane rad, lateral offset from the lane centre m 
 cos yaw, sin yaw) in the intersection frame; the lane is the right-hand lane of the road the car is on
 (following the approach's bend), never the route's, so the state does not reveal the route.
 
-Success: the car centre inside the prompted goal region (a chequered strip on a branch, or 1.6-3.8 m
+Success: the car centre inside the prompted goal region (a chequered strip on a branch, or 2.4-4.6 m
 before the red cone) at under 0.3 m/s, with no collision and not off road. The episode ends on
 success, on a collision (any contact of the car with a wall, cone or parked car) or off road (the car
 centre leaves the asphalt).

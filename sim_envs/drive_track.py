@@ -28,8 +28,8 @@ from robotok.sim_envs.drive_scene import (
 
 ROUTES = ("end", "left", "right", "stop")
 TURN_R = 3.0  # radius of both turns' centrelines (right lane to right lane)
-CONE_LAT = ROAD_HALF - 0.2  # the red cone stands at the right edge of the approach (see approach_point)
-STOP_BEFORE = (1.6, 3.8)  # the stop goal: car centre this far (m, along the approach) before the red cone
+CONE_LAT = ROAD_HALF + 0.1  # cones stand on the road edge, their base over the kerb line (see approach_point)
+STOP_BEFORE = (2.4, 4.6)  # the stop goal: car centre this far (m, along the approach) before the red cone
 STRAIGHT_P = 0.15  # share of layouts whose approach does not bend
 GOAL_HALF = 1.0  # branch goal regions: car centre within this distance (m) of the goal strip
 DISTRACTOR_COLORS = ((0.1, 0.3, 0.9, 1.0), (0.95, 0.85, 0.1, 1.0), (0.55, 0.2, 0.75, 1.0))
@@ -168,7 +168,7 @@ def route_path(route: str, layout: Layout) -> RoutePath:
 
 def goal_region(layout: Layout, x: float, y: float) -> str:
     """The route whose goal region holds the car centre (x, y), or "": a chequered strip's stretch of a branch's
-    right-hand lane, or the approach's incoming lane 1.6-3.8 m before the red cone."""
+    right-hand lane, or the approach's incoming lane 2.4-4.6 m before the red cone."""
     lo, hi = GOAL_D - GOAL_HALF, GOAL_D + GOAL_HALF
     if lo <= x <= hi and -ROAD_HALF <= y <= 0.0:
         return "end"
