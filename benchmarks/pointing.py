@@ -321,7 +321,7 @@ def train_and_score(
     scorer=None,
 ) -> dict[str, float]:
     """AdamW (decay on every parameter), 100 warm-up steps then cosine to zero, bf16 autocast on CPU; held-out
-    figures. Close to, not the same as, the trainer's ``robotok.policy.train.lr_at`` (which decays to
+    figures. Close to, not the same as, the trainer's ``robotok.policy.train_config.lr_at`` (which decays to
     ``lr * min_lr_ratio``) and its optimiser (no decay on norms): the recorded results used this one."""
     with torch.no_grad():
         model(*(x[:2] for x in inputs))  # materialise lazy layers before the optimiser takes the parameters

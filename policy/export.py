@@ -233,7 +233,7 @@ def export_bundle(
     import onnx
     import onnxruntime
 
-    from robotok.policy.train import load_checkpoint
+    from robotok.policy.checkpoint import load_checkpoint
     from robotok.tokenizers.space import TokenSpace
     from robotok.tokenizers.video import VideoTokenizer
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from robotok.tokenizers.space import PAD
+
 FORMAT = "robotok-shards-v1"
 KIND_NONE = 0  # context only (prompt, frames, state, padding): no loss
 KIND_ACTION = 1  # action tokens and the action-closing marker: the policy loss
@@ -120,3 +122,68 @@ class TokenShards:
         """Tokens and kinds of the given sequences, copied out of the memory map: ([B, L] int64, [B, L] uint8)."""
         indices = np.asarray(indices)
         return self.tokens[indices].astype(np.int64), np.asarray(self.kinds[indices])
+
+
+# --- which rows a step trains on ---------------------------------------------------------------------------
+def split_by_episode(episodes: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sequence indices (train, val): whole episodes go to one side, chosen at random from the seed."""
+    ep = np.asarray(episodes[:, 0])
+    unique = np.unique(ep)
+    n_val = int(round(val_fraction * len(unique)))
+    if val_fraction > 0 and len(unique) >= 2:
+        n_val = min(max(n_val, 1), len(unique) - 1)
+    else:
+        n_val = 0
+    val_eps = np.random.default_rng([seed, 7]).permutation(unique)[:n_val]
+    is_val = np.isin(ep, val_eps)
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def global_batch_indices(
+    train_idx: np.ndarray,
+    global_batch: int,
+    seed: int,
+    step: int,
+    lengths: np.ndarray | None = None,
+    bucket: int = 16,
+) -> np.ndarray:
+    """The sequences of optimizer step ``step``: [global_batch] indices, a pure function of (seed, step).
+
+    Walks epoch-wise permutations of the training set, so every sequence is seen once per epoch.
+    ``lengths`` (per shard row, non-PAD tokens): group ``bucket`` consecutive batches, sort the group's
+    sequences by length, cut it into batches again and shuffle their order; a batch then holds sequences of
+    about one length, and the trainer trims its padding (two robots of 197 and 329 tokens cost their mean,
+    not 329 each). The multiset of sequences per group is unchanged.
+    """
+    if lengths is not None and bucket > 1:
+        group = step // bucket
+        rows = _stream(train_idx, global_batch * bucket, seed, group)
+        rows = rows[np.argsort(lengths[rows], kind="stable")]
+        order = np.random.default_rng([seed, 7919, group]).permutation(bucket)
+        k = int(order[step % bucket])
+        return rows[k * global_batch : (k + 1) * global_batch]
+    return _stream(train_idx, global_batch, seed, step)
+
+
+def _stream(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> np.ndarray:
+    n = len(train_idx)
+    pos = step * global_batch + np.arange(global_batch)
+    out = np.empty(global_batch, dtype=np.int64)
+    for epoch in np.unique(pos // n):
+        sel = pos // n == epoch
+        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
+        out[sel] = train_idx[perm[pos[sel] % n]]
+    return out
+
+
+def trimmed_length(tokens: np.ndarray) -> int:
+    """Columns up to the last non-PAD id of any row (rows are right-padded), at least 2 (an input and a target)."""
+    used = np.flatnonzero((tokens != PAD).any(axis=0))
+    return max(int(used[-1]) + 1 if len(used) else 0, 2)
+
+
+def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
+    """Loss weight per target position: 1 on actions and goals, ``frame_w`` on next-frame video ids, 0 elsewhere."""
+    return np.isin(kinds, (KIND_ACTION, KIND_GOAL)).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(
+        np.float32
+    )

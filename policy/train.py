@@ -22,9 +22,9 @@ import math
 import os
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,221 +37,19 @@ from robotok.policy.checkpoint import (
     CKPT_FORMAT,
     atomic_write,
     copy_shard_extras,
-    load_checkpoint,  # noqa: F401  (re-exported: robotok.policy.train.load_checkpoint)
     load_optim_state_by_name,
     optim_state_by_name,
 )
 from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
-from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, TokenShards
-from robotok.tokenizers.space import PAD
-
-
-@dataclass
-class TrainConfig:
-    """robotok-train: fit the policy transformer to a shard directory."""
-
-    data: Path = Path("runs/demo/shards")
-    """Shard directory written by robotok-pretokenize."""
-    out: Path = Path("runs/demo/policy")
-    """Checkpoint directory (created; overwritten unless --resume)."""
-    preset: Literal["micro", "tiny", "small", "base", "large"] = "tiny"
-    """Model size (robotok.policy.model.PRESETS): micro for smoke tests, tiny for a CPU, the others for GPUs."""
-    steps: int = 2000
-    """Optimizer steps of the whole run (the cosine schedule ends here)."""
-    batch_size: int = 32
-    """Global batch: sequences per optimizer step, over all ranks and accumulation steps."""
-    grad_accum: int = 1
-    """Micro-steps per optimizer step (each rank processes batch_size / (world * grad_accum) at once)."""
-    lr: float = 1e-3
-    """Peak learning rate of AdamW."""
-    min_lr_ratio: float = 0.1
-    """The cosine decays to lr * min_lr_ratio."""
-    warmup_steps: int = 100
-    """Linear warm-up steps (capped at steps // 10 for short runs)."""
-    weight_decay: float = 0.1
-    """AdamW weight decay, on matrices and embeddings only (not norms)."""
-    grad_clip: float = 1.0
-    """Clip the global gradient norm to this (0: no clipping)."""
-    frame_loss_weight: float = 0.0
-    """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
-    video_code_embedding: bool = True
-    """Embed video ids with a projection of their FSQ code vectors as well (ModelConfig.video_levels)."""
-    cell_embedding: bool = True
-    """Add a learned embedding of each video id's cell in its frame (ModelConfig.video_grid)."""
-    video_stem: int = 64
-    """Channels of the convolution stem over each observed frame's code vectors (ModelConfig.video_stem; 0: none).
-    Needs the code embedding and the cell embedding."""
-    prompt_film: int = 0
-    """Width of the prompt encoder that scales and shifts that stem (ModelConfig.prompt_film; 0: none)."""
-    ground_weight: float = 0.0
-    """Weight of the pointing loss (0: off): on the scenes of ``ground.npz`` in --data (robotok-pretokenize
-    --scenes), the prompt-conditioned frame stem marks the cell of the object the prompt names (cross-entropy
-    over the frame's cells, ``Transformer.ground_logits``). Training only; needs --prompt-film."""
-    ground_batch: int = 64
-    """Scenes per optimizer step of the pointing loss (global, like --batch-size)."""
-    keypoint: bool = False
-    """Hand the policy the pointed place (ModelConfig.keypoint: the soft-argmax of the pointing read-out, added
-    to each observed frame's FRAME_CLOSE); the pointing loss then also fits that place to the object's pixel
-    (a Huber loss in cells). Needs --ground-weight."""
-    keypoint_effector: bool = False
-    """With --keypoint: also point at the robot's effector (ModelConfig.keypoint_effector), trained on the
-    scenes' effector pixel (robotok-record-scenes records it for PickCup's grip)."""
-    keypoint_cameras: int = 1
-    """With --keypoint: hand over the places read in this many cameras of each observed frame, from the first
-    (ModelConfig.keypoint_cameras; 2: the wrist camera's too). The pointing loss teaches the read-outs on the
-    scenes of each camera (robotok-record-scenes --camera wrist, passed to robotok-pretokenize --scenes)."""
-    prompt_context: bool = False
-    """Add the prompt encoder's output to every input embedding (ModelConfig.prompt_context), so the positions
-    that choose a route at the intersection read the prompt directly. Needs --prompt-film."""
-    n_action_steps: tuple[int, ...] = ()
-    """Actions the trained policy executes per chunk before it predicts the next (policy.json): one value for every
-    robot, or one per dataset of the shards in their order, e.g. ``2 5``: PickCup corrects its reach every 2
-    steps, Drive keeps 5 (empty: the shards' own, also the offset of the world-model frame, which this leaves
-    as it is). Training is the same either way: this is how the checkpoint acts."""
-    length_buckets: int = 1
-    """Group this many batches and sort them by sequence length, so each batch trims its padding (1: off, the
-    default: a bucket then holds one robot's sequences, and batches alternate between tasks)."""
-    val_fraction: float = 0.1
-    """Fraction of EPISODES held out for validation (0: none)."""
-    eval_every: int = 200
-    """Validate every this many steps (and at the end)."""
-    eval_sequences: int = 256
-    """Validation sequences per evaluation (a fixed subset, so evaluations compare)."""
-    ckpt_every: int = 500
-    """Write the checkpoint every this many steps (and at the end)."""
-    log_every: int = 10
-    """Log training metrics every this many steps."""
-    seed: int = 0
-    """Seed of the initialisation, the data order and the validation split."""
-    resume: bool = False
-    """Continue from the checkpoint in --out (same flags), giving the same result as an unbroken run."""
-    stop_at: int = 0
-    """Stop (with a checkpoint) after this step, e.g. to split a run over time-limited jobs (0: run to --steps)."""
-    fsdp: bool = False
-    """Shard parameters, gradients and optimizer state with FSDP2 (needs a torchrun launch)."""
-    dtype: Literal["auto", "fp32", "bf16"] = "auto"
-    """Compute precision: auto is bf16 autocast on CUDA and on CPUs with AMX-BF16 or AVX512-BF16, else fp32."""
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """Where to train: auto picks CUDA when available."""
-
-    def __post_init__(self) -> None:
-        if any(k < 1 for k in self.n_action_steps):
-            raise ValueError(f"n_action_steps {self.n_action_steps}: each >= 1 (none given: the shards' own)")
-        if min(self.steps, self.batch_size, self.grad_accum, self.length_buckets) < 1:
-            raise ValueError(
-                f"steps {self.steps}, batch_size {self.batch_size}, grad_accum {self.grad_accum}, "
-                f"length_buckets {self.length_buckets}: >= 1"
-            )
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction {self.val_fraction} must be in [0, 1)")
-        if self.ground_weight < 0 or self.ground_batch < 1:
-            raise ValueError(
-                f"ground_weight {self.ground_weight} must be >= 0 and ground_batch {self.ground_batch} >= 1"
-            )
-        if self.ground_weight and not self.prompt_film:
-            raise ValueError("--ground-weight trains the prompt-conditioned stem to point: set --prompt-film too")
-        if self.keypoint and not self.ground_weight:
-            raise ValueError("--keypoint hands the policy what the pointing loss trains: set --ground-weight too")
-        if self.keypoint_effector and not self.keypoint:
-            raise ValueError("--keypoint-effector adds a second keypoint: set --keypoint too")
-        if self.prompt_context and not self.prompt_film:
-            raise ValueError("--prompt-context adds the prompt encoder's output: it needs --prompt-film (e.g. 64)")
-        if self.keypoint_cameras < 1 or (self.keypoint_cameras > 1 and not self.keypoint):
-            raise ValueError(f"--keypoint-cameras {self.keypoint_cameras}: >= 1, and > 1 needs --keypoint")
-        if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(
-                f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"
-                f" min_lr_ratio {self.min_lr_ratio} out of range"
-            )
-        if min(self.eval_every, self.ckpt_every, self.log_every) < 1 or self.stop_at < 0:
-            raise ValueError(
-                f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
-                f" must be >= 1 and stop_at {self.stop_at} >= 0"
-            )
-
-
-def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively: AMX-BF16 tiles (Intel, ~1.9x fp32 training throughput) or
-    AVX512-BF16 dot products (AMD Zen 4 and later, 1.49x measured); ``benchmarks/policy_speed.py`` measures
-    the ratio. Without either, bf16 autocast only converts and is slower than fp32. ``cpuinfo``: the text of
-    /proc/cpuinfo (read when None)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return bool(set(cpuinfo.split()) & {"amx_bf16", "avx512_bf16"})
-
-
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if choice == "fp32":
-        return None
-    if choice == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16_matmul() else None
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio at cfg.steps."""
-    warm = min(cfg.warmup_steps, cfg.steps // 10)
-    if step < warm:
-        return cfg.lr * (step + 1) / warm
-    frac = (step - warm) / max(1, cfg.steps - warm)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
-
-
-def split_by_episode(episodes: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sequence indices (train, val): whole episodes go to one side, chosen at random from the seed."""
-    ep = np.asarray(episodes[:, 0])
-    unique = np.unique(ep)
-    n_val = int(round(val_fraction * len(unique)))
-    if val_fraction > 0 and len(unique) >= 2:
-        n_val = min(max(n_val, 1), len(unique) - 1)
-    else:
-        n_val = 0
-    val_eps = np.random.default_rng([seed, 7]).permutation(unique)[:n_val]
-    is_val = np.isin(ep, val_eps)
-    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
-
-
-def global_batch_indices(
-    train_idx: np.ndarray,
-    global_batch: int,
-    seed: int,
-    step: int,
-    lengths: np.ndarray | None = None,
-    bucket: int = 16,
-) -> np.ndarray:
-    """The sequences of optimizer step ``step``: [global_batch] indices, a pure function of (seed, step).
-
-    Walks epoch-wise permutations of the training set, so every sequence is seen once per epoch.
-    ``lengths`` (per shard row, non-PAD tokens): group ``bucket`` consecutive batches, sort the group's
-    sequences by length, cut it into batches again and shuffle their order; a batch then holds sequences of
-    about one length, and the trainer trims its padding (two robots of 197 and 329 tokens cost their mean,
-    not 329 each). The multiset of sequences per group is unchanged.
-    """
-    if lengths is not None and bucket > 1:
-        group = step // bucket
-        rows = _stream(train_idx, global_batch * bucket, seed, group)
-        rows = rows[np.argsort(lengths[rows], kind="stable")]
-        order = np.random.default_rng([seed, 7919, group]).permutation(bucket)
-        k = int(order[step % bucket])
-        return rows[k * global_batch : (k + 1) * global_batch]
-    return _stream(train_idx, global_batch, seed, step)
-
-
-def _stream(train_idx: np.ndarray, global_batch: int, seed: int, step: int) -> np.ndarray:
-    n = len(train_idx)
-    pos = step * global_batch + np.arange(global_batch)
-    out = np.empty(global_batch, dtype=np.int64)
-    for epoch in np.unique(pos // n):
-        sel = pos // n == epoch
-        perm = np.random.default_rng([seed, int(epoch)]).permutation(n)
-        out[sel] = train_idx[perm[pos[sel] % n]]
-    return out
+from robotok.policy.shards import (
+    KIND_ACTION,
+    TokenShards,
+    global_batch_indices,
+    kind_weights,
+    split_by_episode,
+    trimmed_length,
+)
+from robotok.policy.train_config import TrainConfig, lr_at, resolve_dtype
 
 
 def video_embedding(data: Path, cells: bool = True, stem: int = 0, film: int = 0) -> dict[str, Any]:
@@ -272,18 +70,6 @@ def video_embedding(data: Path, cells: bool = True, stem: int = 0, film: int = 0
         out["video_stem"] = int(stem)
         out["prompt_film"] = int(film) if stem else 0
     return out
-
-
-def trimmed_length(tokens: np.ndarray) -> int:
-    """Columns up to the last non-PAD id of any row (rows are right-padded), at least 2 (an input and a target)."""
-    used = np.flatnonzero((tokens != PAD).any(axis=0))
-    return max(int(used[-1]) + 1 if len(used) else 0, 2)
-
-
-def kind_weights(kinds: np.ndarray, frame_w: float) -> np.ndarray:
-    return np.isin(kinds, (KIND_ACTION, KIND_GOAL)).astype(np.float32) + frame_w * (kinds == KIND_FRAME).astype(
-        np.float32
-    )
 
 
 class Trainer:

@@ -13,20 +13,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from robotok.policy.checkpoint import load_checkpoint
 from robotok.policy.model import weighted_cross_entropy
-from robotok.policy.shards import KIND_ACTION, KIND_FRAME, TokenShards, write_shards
-from robotok.policy.train import (
-    TrainConfig,
-    cpu_has_bf16_matmul,
+from robotok.policy.shards import (
+    KIND_ACTION,
+    KIND_FRAME,
+    TokenShards,
     global_batch_indices,
     kind_weights,
-    load_checkpoint,
-    lr_at,
-    resolve_dtype,
     split_by_episode,
-    train,
     trimmed_length,
+    write_shards,
 )
+from robotok.policy.train import train
+from robotok.policy.train_config import TrainConfig, cpu_has_bf16_matmul, lr_at, resolve_dtype
 
 V = 40
 
