@@ -28,8 +28,12 @@ from robotok.sim_envs.drive_scene import (
 
 ROUTES = ("end", "left", "right", "stop")
 TURN_R = 3.0  # radius of both turns' centrelines (right lane to right lane)
-CONE_LAT = ROAD_HALF + 0.1  # cones stand on the road edge, their base over the kerb line (see approach_point)
-STOP_BEFORE = (2.4, 4.6)  # the stop goal: car centre this far (m, along the approach) before the red cone
+# Cones stand on the road edge, their base over the kerb line (see approach_point): 0.2 m inside it they left a
+# car in its lane ~0.4 m, and the scripted expert scraped the red cone on bent approaches.
+CONE_LAT = ROAD_HALF + 0.1
+# The stop goal: car centre this far (m, along the approach) before the red cone. The cone leaves the hood camera's
+# view about 3.5 m before it, near the middle where the expert stops; the chase camera keeps it in view.
+STOP_BEFORE = (2.4, 4.6)
 STRAIGHT_P = 0.15  # share of layouts whose approach does not bend
 GOAL_HALF = 1.0  # branch goal regions: car centre within this distance (m) of the goal strip
 DISTRACTOR_COLORS = ((0.1, 0.3, 0.9, 1.0), (0.95, 0.85, 0.1, 1.0), (0.55, 0.2, 0.75, 1.0))
