@@ -107,9 +107,8 @@ def test_expert_keeps_clear_of_every_obstacle() -> None:
 
     env = gym.make("robotok/Drive-v0", cameras=())
     m, d = env.unwrapped.model, env.unwrapped.data
-    gid = lambda name: mujoco.mj_name2id(m, mujoco.mjtObj.mjOBJ_GEOM, name)  # noqa: E731
-    car = [gid(g) for g in ("chassis", "wheel_fl", "wheel_fr", "wheel_rl", "wheel_rr")]
-    obstacles = [gid(g) for g in ("cone_red", "cone_a", "cone_b", "parked_a", "parked_b")]
+    car = [m.geom(g).id for g in ("chassis", "wheel_fl", "wheel_fr", "wheel_rl", "wheel_rr")]
+    obstacles = [m.geom(g).id for g in ("cone_red", "cone_a", "cone_b", "parked_a", "parked_b")]
     closest = []
     for k in range(24):
         obs, _ = env.reset(seed=200 + k, options={"route": ROUTES[k % 4]})
