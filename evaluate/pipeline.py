@@ -241,6 +241,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                     else []
                 ),
                 *(["--prompt-context"] if p.prompt_context else []),
+                *(["--ema", str(p.ema)] if p.ema else []),
                 *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
                 *(["--n-action-steps", *(str(p.execute_steps[t]) for t in TASKS)] if p.execute_steps else []),
                 "--device",

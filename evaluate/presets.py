@@ -102,6 +102,8 @@ class Preset:
     execute_steps: dict[str, int] = field(default_factory=dict)
     # the prompt encoder's output added to every position (robotok-train --prompt-context; needs prompt_film)
     prompt_context: bool = False
+    # decay of the weight average that the checkpoint holds (robotok-train --ema; 0: the last weights)
+    ema: float = 0.0
     device: str = "cpu"
 
     def __post_init__(self) -> None:
@@ -148,6 +150,7 @@ _CPU = Preset(
     execute_steps={"pickcup": 2, "drive": 5},
     scene_cameras=("front", "wrist"),
     prompt_context=True,
+    ema=0.995,  # the last ~200 steps, where the cosine is near its floor
 )
 # The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {
@@ -167,6 +170,7 @@ PRESETS: dict[str, Preset] = {
         train_batch=128,
         lr=6e-4,
         warmup=500,
+        ema=0.999,
         eval_episodes=200,
         sweep_episodes=100,
         eval_workers=16,

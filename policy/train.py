@@ -126,7 +126,7 @@ class Trainer:
         self.lengths = self.shards.lengths() if cfg.length_buckets > 1 else None
         self.ground = self._load_ground() if cfg.ground_weight else None
 
-        self.start_step, state = 0, None
+        self.start_step, state, ema_init = 0, None, None
         self.model_cfg = preset(
             cfg.preset,
             vocab_size=self.shards.vocab_size,
@@ -145,7 +145,7 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
         model = Transformer(self.model_cfg)
         if cfg.resume:
-            model, state = self._load_resume(model)
+            model, state, ema_init = self._load_resume(model)
         self.n_params = model.num_params()
         model.to(self.device)
         if cfg.fsdp:
@@ -162,6 +162,7 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
         self.model = model
         self.raw = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        self.ema = self._init_ema(ema_init) if cfg.ema else None
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW(
@@ -252,7 +253,44 @@ class Trainer:
             parts["effector_err"] = ((places[:, 1] - g["effector"][rows]).norm(dim=-1) * seen).sum() / n
         return loss, parts
 
-    def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any]]:
+    def _init_ema(self, full: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
+        """The averaged weights, one tensor per parameter and sharded like it: the training weights at the
+        start, or ``full`` (the resumed checkpoint's average, unsharded) on --resume."""
+        ema = []
+        with torch.no_grad():
+            for name, p in self.raw.named_parameters():
+                e = p.detach().clone()
+                if full is not None:
+                    src = full[name].to(self.device)
+                    if hasattr(p, "device_mesh"):  # an FSDP2 shard: take this rank's part
+                        from torch.distributed.tensor import distribute_tensor
+
+                        src = distribute_tensor(src, p.device_mesh, p.placements)
+                    e.copy_(src)
+                ema.append(e)
+        return ema
+
+    @torch.no_grad()
+    def _update_ema(self, step: int) -> None:
+        decay = min(self.cfg.ema, (1 + step) / (10 + step))  # early averages do not drag in the random init
+        for e, p in zip(self.ema, self.raw.parameters(), strict=True):
+            e.lerp_(p.detach(), 1.0 - decay)
+
+    @torch.no_grad()
+    def _swap_ema(self) -> None:
+        """Exchange the training weights and their average in place (each keeps its sharding)."""
+        if self.cfg.fsdp:  # a forward without backward (validation) leaves the root's parameters gathered
+            from torch.distributed.fsdp import FSDPModule
+
+            for m in self.model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+        for e, p in zip(self.ema, self.raw.parameters(), strict=True):
+            tmp = p.detach().clone()
+            p.copy_(e)
+            e.copy_(tmp)
+
+    def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any], dict[str, torch.Tensor] | None]:
         out = self.cfg.out
         if not (out / "train_state.pt").is_file():
             raise SystemExit(
@@ -268,9 +306,22 @@ class Trainer:
         with safe_open(str(out / "model.safetensors"), "pt") as f:
             if int(f.metadata()["step"]) != state["step"]:
                 raise SystemExit(f"robotok-train: error: {out}: weights and train_state.pt disagree on the step")
-        model.load_state_dict(load_file(out / "model.safetensors"))
+        saved, ema = load_file(out / "model.safetensors"), None
+        if self.cfg.ema:  # model.safetensors holds the average; the training weights are in train_state.pt
+            if "weights" not in state:
+                raise SystemExit(
+                    f"robotok-train: error: --resume --ema {self.cfg.ema}: {out} was trained without --ema; "
+                    "resume with the flags it was started with"
+                )
+            ema, saved = saved, state["weights"]
+        elif "weights" in state:
+            raise SystemExit(
+                f"robotok-train: error: --resume: {out} was trained with --ema; resume with the flags it was "
+                "started with"
+            )
+        model.load_state_dict(saved)
         self.start_step = state["step"]
-        return model, state
+        return model, state, ema
 
     def _forward_loss(self, tokens: np.ndarray, kinds: np.ndarray, norm: float) -> tuple[torch.Tensor, dict]:
         """Loss of a micro-batch normalised by ``norm`` (weight of the global batch / world), plus raw sums."""
@@ -324,6 +375,8 @@ class Trainer:
             gnorm = float(gn.full_tensor() if hasattr(gn, "full_tensor") else gn)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            self._update_ema(step)
         out = {"train/loss_local": loss_sum / self.world, "train/lr": lr, "train/grad_norm": gnorm}
         if self.ground is not None:
             out["train/ground_loss"] = ground.item()  # this rank's scenes
@@ -331,7 +384,17 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Validation loss (training weights) and action-token accuracy (argmax == target), over all ranks."""
+        """Validation loss and action-token accuracy (argmax == target) over all ranks, of the weights the
+        checkpoint holds: the training weights, or their average with --ema."""
+        if self.ema is not None:
+            self._swap_ema()
+            try:
+                return self._evaluate()
+            finally:
+                self._swap_ema()
+        return self._evaluate()
+
+    def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         chunk = self.micro * self.world
         sums = np.zeros(5)  # weighted ce, weight, action ce, action count, action correct
@@ -375,17 +438,28 @@ class Trainer:
         self.model.train()
         return out
 
-    def save(self, step: int) -> None:
-        cfg = self.cfg
-        if cfg.fsdp:
+    def _full_weights(self) -> dict[str, torch.Tensor]:
+        if self.cfg.fsdp:
             opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)  # gathered on rank 0
             weights = dcp_sd.get_model_state_dict(self.model, options=opts)
-            optim = dcp_sd.get_optimizer_state_dict(self.model, self.opt, options=opts)
         else:
             weights = self.raw.state_dict()
+        # copies, not views of the parameters: save() swaps the average in between two calls
+        return {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights.items()} if self.rank == 0 else {}
+
+    def save(self, step: int) -> None:
+        cfg = self.cfg
+        weights = training = self._full_weights()
+        if self.ema is not None:
+            self._swap_ema()
+            weights = self._full_weights()  # what evaluation and export load: the average
+            self._swap_ema()
+        if cfg.fsdp:
+            opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
+            optim = dcp_sd.get_optimizer_state_dict(self.model, self.opt, options=opts)
+        else:
             optim = optim_state_by_name(self.raw, self.opt) if self.rank == 0 else None
         if self.rank == 0:
-            weights = {k: v.detach().cpu().contiguous() for k, v in weights.items()}
             atomic_write(
                 cfg.out / "model.safetensors",
                 lambda t: save_file(weights, t, metadata={"step": str(step), "format": CKPT_FORMAT}),
@@ -395,6 +469,7 @@ class Trainer:
                 "optimizer": optim,
                 "rng": {"torch": torch.get_rng_state()},
                 "sampler": {"seed": cfg.seed, "next_step": step, "global_batch": cfg.batch_size},
+                **({"weights": training} if self.ema is not None else {}),
             }
             atomic_write(cfg.out / "train_state.pt", lambda t: torch.save(state, t))
             meta = {k: v for k, v in self.shards.meta.items() if k != "format"}

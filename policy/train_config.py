@@ -37,6 +37,10 @@ class TrainConfig:
     """AdamW weight decay, on matrices and embeddings only (not norms)."""
     grad_clip: float = 1.0
     """Clip the global gradient norm to this (0: no clipping)."""
+    ema: float = 0.0
+    """Keep an exponential moving average of the weights with this decay (0: off; warmed up as
+    min(ema, (1 + step) / (10 + step))). The checkpoint's model.safetensors, which robotok-eval and the exporters
+    load, and the validation figures are then the average's; the training weights stay in train_state.pt."""
     frame_loss_weight: float = 0.0
     """Loss weight of next-frame video tokens (the world-model loss); action tokens weigh 1."""
     video_code_embedding: bool = True
@@ -123,6 +127,8 @@ class TrainConfig:
             raise ValueError("--prompt-context adds the prompt encoder's output: it needs --prompt-film (e.g. 64)")
         if self.keypoint_cameras < 1 or (self.keypoint_cameras > 1 and not self.keypoint):
             raise ValueError(f"--keypoint-cameras {self.keypoint_cameras}: >= 1, and > 1 needs --keypoint")
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"ema {self.ema}: the decay must be in [0, 1) (0: off; 0.99-0.999 are usual)")
         if self.lr <= 0 or self.frame_loss_weight < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(
                 f"lr {self.lr}, frame_loss_weight {self.frame_loss_weight}, grad_clip {self.grad_clip},"

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from robotok.policy.checkpoint import load_checkpoint
-from robotok.policy.model import weighted_cross_entropy
+from robotok.policy.model import Transformer, config_from_dict, weighted_cross_entropy
 from robotok.policy.shards import (
     KIND_ACTION,
     KIND_FRAME,
@@ -126,6 +126,39 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_ema_checkpoint_holds_the_average_and_resumes_exactly(tmp_path):
+    """--ema leaves training as it is (train_state.pt keeps the training weights), writes the average that the
+    recursion over the per-step weights gives, and resumes to the same average as an unbroken run."""
+    data = make_shards(tmp_path)
+    ema = train(cfg_for(data, tmp_path / "ema", ema=0.8))
+    state = torch.load(ema / "train_state.pt", weights_only=True)
+    per_step = [weights_of(train(cfg_for(data, tmp_path / f"s{k}", stop_at=k))) for k in range(1, 6)]
+    per_step.append(weights_of(train(cfg_for(data, tmp_path / "s6"))))
+    assert max_diff(state["weights"], per_step[-1]) == 0.0  # the average does not touch training
+    config = json.loads((ema / "config.json").read_text())
+    torch.manual_seed(0)
+    avg = {k: v.detach().clone() for k, v in Transformer(config_from_dict(config["model"])).state_dict().items()}
+    names = {n for n, _ in Transformer(config_from_dict(config["model"])).named_parameters()}
+    for step, w in enumerate(per_step):
+        d = min(0.8, (1 + step) / (10 + step))
+        avg = {k: avg[k] * d + w[k] * (1 - d) if k in names else w[k] for k in avg}
+    got = weights_of(ema)
+    diffs = {k: (got[k] - avg[k]).abs().max().item() for k in got}
+    assert max(diffs.values()) < 1e-6, sorted(diffs.items(), key=lambda kv: -kv[1])[:4]
+    assert max_diff(got, per_step[-1]) > 2e-5  # and it is not the last weights (the match above is 50x closer)
+    val_ema = [json.loads(r) for r in (ema / "log.jsonl").read_text().splitlines() if "val/loss" in r]
+    val_raw = [json.loads(r) for r in (tmp_path / "s6" / "log.jsonl").read_text().splitlines() if "val/loss" in r]
+    assert val_ema[-1]["val/loss"] != val_raw[-1]["val/loss"]  # validated on the average it writes
+
+    part = train(cfg_for(data, tmp_path / "part", ema=0.8, stop_at=3))
+    train(cfg_for(data, tmp_path / "part", ema=0.8, resume=True))
+    assert max_diff(weights_of(part), got) == 0.0
+    with pytest.raises(SystemExit, match="trained with --ema"):
+        train(cfg_for(data, tmp_path / "part", resume=True))
+    with pytest.raises(SystemExit, match="trained without --ema"):
+        train(cfg_for(data, tmp_path / "s6", ema=0.8, resume=True))
+
+
 def test_checkpoint_describes_itself(tmp_path):
     data = make_shards(tmp_path, extras=True)
     out = train(cfg_for(data, tmp_path / "ck", steps=2, frame_loss_weight=0.5))
@@ -231,11 +264,13 @@ def test_bad_args_give_one_line_errors(tmp_path):
 def test_torchrun_two_processes_match_one(tmp_path, mode):
     """2 ranks x 4 sequences = 1 process x 8: the same parameters (Adam amplifies summation-order noise a little).
 
-    The 2-process run is also interrupted at step 3 and resumed, which must not change anything either.
+    The 2-process run is also interrupted at step 3 and resumed, which must not change anything either. The
+    FSDP run keeps a weight average (--ema), sharded like the parameters, which must match one process's too.
     """
     data = make_shards(tmp_path)
-    one = train(cfg_for(data, tmp_path / "one"))
-    same_split = train(cfg_for(data, tmp_path / "accum", grad_accum=2))  # the same per-rank split, one process
+    ema = 0.8 if mode == "fsdp" else 0.0
+    one = train(cfg_for(data, tmp_path / "one", ema=ema))
+    same_split = train(cfg_for(data, tmp_path / "accum", grad_accum=2, ema=ema))  # the same per-rank split
     args = [
         "--data",
         str(data),
@@ -258,7 +293,7 @@ def test_torchrun_two_processes_match_one(tmp_path, mode):
         "--log-every",
         "1",
     ]
-    args += ["--fsdp"] if mode == "fsdp" else []
+    args += ["--fsdp", "--ema", str(ema)] if mode == "fsdp" else []
     for extra in (["--stop-at", "3"], ["--resume"]):
         r = run_cli(args + extra, nproc=2)
         assert r.returncode == 0, r.stderr[-3000:]
