@@ -60,6 +60,9 @@ class EvalConfig:
     """Torch device for a checkpoint policy ('cpu', 'cuda')."""
     n_action_steps: int = 0
     """Actions executed per predicted chunk before replanning (0: the checkpoint's own); 1 replans every step."""
+    temperature: float = 0.0
+    """Sample a checkpoint's tokens at this temperature instead of the most likely one (0: greedy); each episode's
+    draws follow its seed, so a run repeats."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -67,6 +70,8 @@ class EvalConfig:
         for name in ("episodes", "workers", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {self.temperature}")
         if self.n_action_steps < 0:
             raise ValueError(f"n_action_steps must be >= 0 (0: the checkpoint's own), got {self.n_action_steps}")
         if self.videos < 0 or self.seed_start < 0:
@@ -119,6 +124,11 @@ def validate(cfg: EvalConfig) -> None:
         raise ValueError(f"policies {cfg.policies} share a report name ({labels}); give their folders distinct names")
     for p in cfg.policies:
         if policy_kind(p) == "bundle":
+            if cfg.temperature > 0:
+                raise ValueError(
+                    f"--temperature {cfg.temperature}: the exported bundle {p!r} decodes greedily; evaluate the "
+                    "checkpoint directory to sample"
+                )
             try:
                 import robotok.policy.runtime  # noqa: F401
             except ImportError as e:
@@ -143,6 +153,7 @@ def run(cfg: EvalConfig) -> dict[str, Any]:
                 env_kwargs=options_json,
                 device=cfg.device,
                 n_action_steps=cfg.n_action_steps if policy_kind(policy) in ("checkpoint", "bundle") else 0,
+                temperature=cfg.temperature if policy_kind(policy) == "checkpoint" else 0.0,
             )
             for i in range(cfg.episodes):
                 video = str(video_dir) if p_index == 0 and i < cfg.videos else None

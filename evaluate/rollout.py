@@ -66,6 +66,7 @@ class RolloutSpec:
     env_kwargs: str = "{}"  # JSON for gymnasium.make; a string so the spec hashes and caches
     device: str = "cpu"
     n_action_steps: int = 0  # actions executed per predicted chunk; 0: the checkpoint's own
+    temperature: float = 0.0  # a checkpoint's token sampling (0: greedy)
 
     @property
     def label(self) -> str:
@@ -98,7 +99,10 @@ class PolicyAdapter:
             from robotok.policy import Policy
 
             self.policy = Policy.from_checkpoint(
-                spec.policy, device=spec.device, n_action_steps=spec.n_action_steps or None
+                spec.policy,
+                device=spec.device,
+                n_action_steps=spec.n_action_steps or None,
+                temperature=spec.temperature,
             )
         elif self.kind == "bundle":
             try:

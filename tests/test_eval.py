@@ -357,3 +357,36 @@ def test_n_action_steps_sets_how_often_a_checkpoint_replans(tmp_path: Path) -> N
     assert m["eval/latency_ms_p50"] > 0.5 * m["eval/chunk_latency_ms_p50"]
     with pytest.raises(ValueError, match="n_action_steps"):
         EvalConfig(policy=str(ckpt), n_action_steps=-1)
+
+
+def test_temperature_samples_a_checkpoint_and_repeats_by_seed(tmp_path: Path) -> None:
+    """--temperature samples the checkpoint's tokens (other actions than greedy decoding), the same ones for the
+    same seed; a negative value, or sampling asked of an exported bundle, is refused."""
+    import gymnasium as gym
+
+    import robotok.sim_envs  # noqa: F401
+    from robotok.evaluate.cli import EvalConfig, validate
+    from robotok.evaluate.rollout import PolicyAdapter, RolloutSpec
+
+    ckpt = _random_checkpoint(tmp_path / "ckpt")
+    env = gym.make(PICK)
+
+    def first_chunk(temperature: float, seed: int = 3) -> np.ndarray:
+        adapter = PolicyAdapter(RolloutSpec(env_id=PICK, policy=str(ckpt), temperature=temperature))
+        assert adapter.policy.temperature == temperature
+        obs, info = env.reset(seed=seed)
+        adapter.reset(env, seed)
+        obs = {**obs, "task": info["prompt"]}
+        return np.stack([adapter.select_action(obs) for _ in range(4)])  # one chunk (horizon 4)
+
+    greedy, sampled, again = first_chunk(0.0), first_chunk(1.0), first_chunk(1.0)
+    env.close()
+    assert np.array_equal(sampled, again)
+    assert not np.allclose(greedy, sampled)
+    with pytest.raises(ValueError, match="temperature"):
+        EvalConfig(policy=str(ckpt), temperature=-1.0)
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "manifest.json").write_text("{}")
+    with pytest.raises(ValueError, match="decodes greedily"):
+        validate(EvalConfig(policy=str(bundle), env=(PICK,), temperature=0.5))
