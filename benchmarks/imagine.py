@@ -46,6 +46,8 @@ class BenchConfig:
     """Folder for table.md, results.json and the videos."""
     device: str = "cpu"
     """Torch device of the model."""
+    stay_bias: float = 0.0
+    """Added to the logit of each cell's current code when a frame is generated (WorldModel.stay_bias)."""
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.steps < 1 or self.state not in ("model", "hold", "real"):
@@ -58,7 +60,7 @@ def main() -> None:
     from robotok.policy.world_model import WorldModel
 
     try:
-        wm = WorldModel.from_checkpoint(cfg.policy, device=cfg.device)
+        wm = WorldModel.from_checkpoint(cfg.policy, device=cfg.device, stay_bias=cfg.stay_bias)
     except (ValueError, FileNotFoundError) as e:
         raise SystemExit(f"benchmarks/imagine.py: error: {e}") from None
     out = Path(cfg.out)

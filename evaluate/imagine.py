@@ -83,6 +83,9 @@ class ImagineConfig:
     and hold are pure imagination."""
     temperature: float = 0.0
     """0: greedy decoding of actions and frames; > 0 samples (from a generator seeded per episode)."""
+    stay_bias: float = 0.0
+    """Added to the logit of each cell's current code when a frame is generated: a prior that what the model is
+    unsure of stays as it is (0: the model's own distribution; large values approach copy-last)."""
     videos: int = 1
     """Side-by-side mp4 + PNG still for the first K seeds."""
     size: int = 192
@@ -323,7 +326,11 @@ def run_imagine(cfg: ImagineConfig, wm: Any = None, progress: bool = True) -> di
 
     if wm is None:
         wm = WorldModel.from_checkpoint(
-            cfg.policy, device=cfg.device, temperature=cfg.temperature, seed=0 if cfg.temperature > 0 else None
+            cfg.policy,
+            device=cfg.device,
+            stay_bias=cfg.stay_bias,
+            temperature=cfg.temperature,
+            seed=0 if cfg.temperature > 0 else None,
         )
     env = make_env(cfg.env, wm)
     fps = float(env.metadata.get("render_fps", wm.policy.config.get("fps", 20)))

@@ -95,8 +95,11 @@ class ImaginedChunk:
 class WorldModel:
     """A frame-loss checkpoint as an action-and-frame generator; :meth:`start` opens a rollout."""
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, stay_bias: float = 0.0):
         self.policy = policy
+        # added to the logit of each cell's current code when a frame is generated: a prior that what the model
+        # is unsure about stays as it is (0: the model's own distribution)
+        self.stay_bias = float(stay_bias)
         self.space, self.model = policy.space, policy.model
         self.grid = tuple(policy.video_tokenizer.grid)  # (h, w) of one camera's code grid
         # actions between the context frame and the predicted one: the shards' offset (older checkpoints: the
@@ -115,10 +118,12 @@ class WorldModel:
         self._action_masks: dict[tuple[int, int], torch.Tensor] = {}
 
     @classmethod
-    def from_checkpoint(cls, ckpt_dir: str | Path, device: str = "cpu", **kwargs: Any) -> WorldModel:
+    def from_checkpoint(
+        cls, ckpt_dir: str | Path, device: str = "cpu", stay_bias: float = 0.0, **kwargs: Any
+    ) -> WorldModel:
         """Open a checkpoint trained with the next-frame loss (ValueError otherwise); kwargs go to Policy."""
         check_frame_loss(ckpt_dir)
-        return cls(Policy.from_checkpoint(ckpt_dir, device=device, **kwargs))
+        return cls(Policy.from_checkpoint(ckpt_dir, device=device, **kwargs), stay_bias=stay_bias)
 
     def action_mask(self, n_emitted: int, action_range: int) -> torch.Tensor:
         r = self.space.action_ranges[action_range]
@@ -219,7 +224,11 @@ class Imagination:
             logits = feed([tok])
         logits = feed([ACT_CLOSE, FRAME_OPEN])  # both forced by the grammar: context, not sampled
         video_ids: list[int] = []
+        current = space.video_ids(np.stack(self._latest(self.frames, self.t))).reshape(-1) if wm.stay_bias else None
         for k in range(n_video):  # the next frame: video ids only, exactly n_video of them
+            if current is not None:
+                logits = logits.float().clone()
+                logits[int(current[k])] += wm.stay_bias
             tok = pick(logits, wm.video_mask, **sample)
             video_ids.append(tok)
             if k + 1 < n_video or wm.next_state:

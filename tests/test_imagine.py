@@ -167,6 +167,18 @@ def test_rollout_alternates_actions_and_frames_as_the_model_would_greedily(ckpt)
     assert rollout.context()[-8:-2] == space.encode_state(new, 0)
 
 
+def test_stay_bias_pulls_each_cell_towards_its_current_code(ckpt) -> None:
+    """WorldModel.stay_bias adds to the logit of each cell's own current code: an overwhelming bias copies the
+    frame, an overwhelming negative one changes every cell (so it lands on each cell's code, not a neighbour's)."""
+    obs = first_obs(1)
+    for bias in (1e4, -1e4):
+        rollout = WorldModel.from_checkpoint(ckpt, stay_bias=bias).start(obs, PROMPTS[0])
+        for _ in range(2):
+            current = [c.copy() for c in rollout._latest(rollout.frames, rollout.t)]
+            for got, was in zip(rollout.step().codes, current, strict=True):
+                assert (got == was).all() if bias > 0 else (got != was).all()
+
+
 def test_imagination_advances_by_the_frame_offset_the_policy_acts_on_its_own_count(ckpt) -> None:
     """robotok-train --n-action-steps changes how the checkpoint acts, not what its world model predicts."""
     policy = json.loads((ckpt / "policy.json").read_text())
