@@ -40,6 +40,7 @@ from robotok.policy.checkpoint import (
     load_optim_state_by_name,
     optim_state_by_name,
 )
+from robotok.policy.ema import WeightAverage
 from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
 from robotok.policy.shards import (
     KIND_ACTION,
@@ -162,7 +163,7 @@ class Trainer:
             model = DistributedDataParallel(model, device_ids=[local_rank] if use_cuda else None)
         self.model = model
         self.raw = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
-        self.ema = self._init_ema(ema_init) if cfg.ema else None
+        self.ema = WeightAverage(self.raw, cfg.ema, ema_init) if cfg.ema else None
         decay = [p for p in model.parameters() if p.dim() >= 2]
         no_decay = [p for p in model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW(
@@ -253,43 +254,6 @@ class Trainer:
             parts["effector_err"] = ((places[:, 1] - g["effector"][rows]).norm(dim=-1) * seen).sum() / n
         return loss, parts
 
-    def _init_ema(self, full: dict[str, torch.Tensor] | None) -> list[torch.Tensor]:
-        """The averaged weights, one tensor per parameter and sharded like it: the training weights at the
-        start, or ``full`` (the resumed checkpoint's average, unsharded) on --resume."""
-        ema = []
-        with torch.no_grad():
-            for name, p in self.raw.named_parameters():
-                e = p.detach().clone()
-                if full is not None:
-                    src = full[name].to(self.device)
-                    if hasattr(p, "device_mesh"):  # an FSDP2 shard: take this rank's part
-                        from torch.distributed.tensor import distribute_tensor
-
-                        src = distribute_tensor(src, p.device_mesh, p.placements)
-                    e.copy_(src)
-                ema.append(e)
-        return ema
-
-    @torch.no_grad()
-    def _update_ema(self, step: int) -> None:
-        decay = min(self.cfg.ema, (1 + step) / (10 + step))  # early averages do not drag in the random init
-        for e, p in zip(self.ema, self.raw.parameters(), strict=True):
-            e.lerp_(p.detach(), 1.0 - decay)
-
-    @torch.no_grad()
-    def _swap_ema(self) -> None:
-        """Exchange the training weights and their average in place (each keeps its sharding)."""
-        if self.cfg.fsdp:  # a forward without backward (validation) leaves the root's parameters gathered
-            from torch.distributed.fsdp import FSDPModule
-
-            for m in self.model.modules():
-                if isinstance(m, FSDPModule):
-                    m.reshard()
-        for e, p in zip(self.ema, self.raw.parameters(), strict=True):
-            tmp = p.detach().clone()
-            p.copy_(e)
-            e.copy_(tmp)
-
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any], dict[str, torch.Tensor] | None]:
         out = self.cfg.out
         if not (out / "train_state.pt").is_file():
@@ -376,7 +340,7 @@ class Trainer:
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema is not None:
-            self._update_ema(step)
+            self.ema.update(step)
         out = {"train/loss_local": loss_sum / self.world, "train/lr": lr, "train/grad_norm": gnorm}
         if self.ground is not None:
             out["train/ground_loss"] = ground.item()  # this rank's scenes
@@ -386,13 +350,8 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Validation loss and action-token accuracy (argmax == target) over all ranks, of the weights the
         checkpoint holds: the training weights, or their average with --ema."""
-        if self.ema is not None:
-            self._swap_ema()
-            try:
-                return self._evaluate()
-            finally:
-                self._swap_ema()
-        return self._evaluate()
+        with self.ema.swapped() if self.ema is not None else nullcontext():
+            return self._evaluate()
 
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
@@ -451,9 +410,8 @@ class Trainer:
         cfg = self.cfg
         weights = training = self._full_weights()
         if self.ema is not None:
-            self._swap_ema()
-            weights = self._full_weights()  # what evaluation and export load: the average
-            self._swap_ema()
+            with self.ema.swapped():
+                weights = self._full_weights()  # what evaluation and export load: the average
         if cfg.fsdp:
             opts = dcp_sd.StateDictOptions(full_state_dict=True, cpu_offload=True)
             optim = dcp_sd.get_optimizer_state_dict(self.model, self.opt, options=opts)
