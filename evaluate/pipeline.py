@@ -116,6 +116,8 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
                 str(p.record_workers),
                 "--noise",
                 str(p.noise),
+                "--label",
+                p.label,
                 "--seed-start",
                 "0",
                 *size,

@@ -102,6 +102,9 @@ class Preset:
     execute_steps: dict[str, int] = field(default_factory=dict)
     # the prompt encoder's output added to every position (robotok-train --prompt-context; needs prompt_film)
     prompt_context: bool = False
+    # what a demonstration step's action holds under ``noise`` (robotok-record --label): the expert's intended
+    # command (the perturbation moves the robot, the label never copies it) or the perturbed one it executed
+    label: Literal["intended", "executed"] = "intended"
     # decay of the weight average that the checkpoint holds (robotok-train --ema; 0: the last weights)
     ema: float = 0.0
     device: str = "cpu"

@@ -7,8 +7,7 @@ No torch here: recording demonstrations must not need the training stack.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
@@ -23,7 +22,16 @@ if "robotok/Drive-v0" not in gym.registry:
     gym.register(id="robotok/Drive-v0", entry_point="robotok.sim_envs.drive:DriveEnv", max_episode_steps=400)
 
 
-def make_expert(env: gym.Env, noise: float = 0.0) -> Callable[[dict[str, Any]], np.ndarray]:
+class Expert(Protocol):
+    """A scripted expert: ``expert(obs)`` is the command to execute; ``expert.act(obs)`` is (intended,
+    executed), the command without and with the injected perturbation."""
+
+    def __call__(self, obs: Any = None) -> np.ndarray: ...
+
+    def act(self, obs: Any = None) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def make_expert(env: gym.Env, noise: float = 0.0) -> Expert:
     """A scripted expert for the episode the env is in now (call after ``reset``).
 
     It reads the simulator state (not the pixels), so it is an upper bound for a policy, and with

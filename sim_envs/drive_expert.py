@@ -50,6 +50,12 @@ class DriveExpert:
         return float(min(v, np.sqrt(2 * DECEL * to_goal) + 0.2))
 
     def __call__(self, observation: Any = None) -> np.ndarray:
+        """The command to execute: the intended one plus this step's perturbation."""
+        return self.act(observation)[1]
+
+    def act(self, observation: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(intended, executed): the pure-pursuit command and that command with this step's perturbation added
+        (the label of a demonstration step is the intended one)."""
         x, y, yaw = self.env.car_pose()
         speed = self.env.car_speed()
         heading = np.array([np.cos(yaw), np.sin(yaw)])
@@ -64,9 +70,10 @@ class DriveExpert:
         v_target = self.target_speed(float(s[i]) + 0.5 * _WHEELBASE)  # plan for the car centre
         throttle = v_target / _MAX_SPEED + 0.3 * (v_target - speed) if v_target > 0 else 0.0
         action = np.array([delta / _MAX_STEER, throttle])
+        intended = np.clip(action, -1.0, 1.0).astype(np.float32)
         if self.noise > 0:
             action += self._perturbation()
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return intended, np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def _perturbation(self) -> np.ndarray:
         """Bursts of 3-9 steps of constant offset, started with probability 0.05 per step, plus jitter."""

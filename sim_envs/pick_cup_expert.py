@@ -64,6 +64,13 @@ class PickCupExpert:
         return np.clip(v, -1.0, 1.0)
 
     def __call__(self, obs: Any = None) -> np.ndarray:
+        """The command to execute: the intended one plus this step's perturbation."""
+        return self.act(obs)[1]
+
+    def act(self, obs: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(intended, executed): the command towards the goal and that command with this step's perturbation
+        added. Demonstrations label each step with the intended one: the perturbation moves the arm off the
+        path so the data shows recoveries, but it is not behaviour a policy should copy."""
         env = self.env
         cup = env.cup_positions()[self.cup]
         grip = env.grip_pos()
@@ -88,9 +95,10 @@ class PickCupExpert:
         action[:3] = self._velocity(goal, grip)
         action[3] = np.clip(-2.0 * env.grip_yaw(), -1.0, 1.0)  # keep the jaws square to the table
         action[4] = gripper
+        intended = np.clip(action, -1.0, 1.0).astype(np.float32)
         if self.noise > 0:
             action[:4] += self._perturbation()
-        return np.clip(action, -1.0, 1.0).astype(np.float32)
+        return intended, np.clip(action, -1.0, 1.0).astype(np.float32)
 
     def _perturbation(self) -> np.ndarray:
         """Random velocity bursts of 3-7 steps while approaching, plus small jitter always."""

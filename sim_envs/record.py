@@ -2,7 +2,10 @@
 
 Each episode is one env seed: reset, make the expert (``robotok.sim_envs.make_expert``), step until the
 episode ends. Frame t stores the observation before step t and the action taken there (LeRobot's
-convention); the prompt is the task. Cameras become ``observation.images.<cam>`` videos, ``agent_pos``
+convention); the prompt is the task. Under ``--noise`` the expert's perturbations move the robot off its path and
+it recovers; the stored ``action`` is then the expert's intended command at each step, not the perturbed one that
+was executed (``--label``, DART-style: the states show recoveries, the labels stay the expert's), and the
+executed one is kept as ``action.executed``. Cameras become ``observation.images.<cam>`` videos, ``agent_pos``
 becomes ``observation.state``. Failed episodes are dropped unless ``--keep-failed``.
 
 Worker w of W records seeds ``seed_start + w + k*W`` (k = 0, 1, ...) until it has its share of the
@@ -31,7 +34,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -61,6 +64,10 @@ class RecordConfig:
     """processes recording in parallel, each with its own env."""
     noise: float = 0.0
     """expert action noise (perturbations the expert recovers from), for more diverse demonstrations."""
+    label: Literal["intended", "executed"] = "intended"
+    """what a step's ``action`` holds under noise: the expert's command without the perturbation (intended:
+    the states show recoveries, the labels never copy the perturbation) or the perturbed command that moved
+    the robot (executed). With intended and noise > 0, ``action.executed`` holds the latter."""
     seed_start: int = 0
     """first env seed; episodes use consecutive seeds (interleaved across workers)."""
     keep_failed: bool = False
@@ -95,24 +102,29 @@ class RecordConfig:
 
 
 def run_episode(
-    env: Any, seed: int, noise: float, options: dict[str, Any] | None = None
+    env: Any, seed: int, noise: float, options: dict[str, Any] | None = None, label: str = "intended"
 ) -> tuple[dict[str, np.ndarray], str, bool]:
     """One expert episode: (frames dict keyed as the dataset's features, prompt, success).
-    ``options`` go to ``env.reset`` (e.g. ``{"target_color": "red"}``)."""
+    ``options`` go to ``env.reset`` (e.g. ``{"target_color": "red"}``); ``label`` as ``RecordConfig.label``."""
     obs, info = env.reset(seed=seed, options=options)
     expert = make_expert(env, noise=noise)
     prompt = info["prompt"]
-    states, actions, images = [], [], {cam: [] for cam in obs["pixels"]}
+    states, intended, executed, images = [], [], [], {cam: [] for cam in obs["pixels"]}
     done = False
     while not done:
-        action = np.asarray(expert(obs), dtype=np.float32)
+        want, action = expert.act(obs)
         states.append(np.asarray(obs["agent_pos"], dtype=np.float32))
-        actions.append(action)
+        intended.append(np.asarray(want, dtype=np.float32))
+        executed.append(np.asarray(action, dtype=np.float32))
         for cam, image in obs["pixels"].items():
             images[cam].append(image)
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
-    episode = {"observation.state": np.stack(states), "action": np.stack(actions)}
+    episode = {"observation.state": np.stack(states)}
+    if label == "executed" or noise == 0:
+        episode["action"] = np.stack(executed)
+    else:
+        episode["action"], episode["action.executed"] = np.stack(intended), np.stack(executed)
     episode.update({f"observation.images.{cam}": np.stack(frames) for cam, frames in images.items()})
     return episode, prompt, bool(info.get("is_success", False))
 
@@ -147,7 +159,7 @@ def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, repor
             for options in targets:
                 if len(seeds) >= quota or attempts >= max_attempts:
                     break
-                episode, prompt, success = run_episode(env, seed, cfg.noise, options)
+                episode, prompt, success = run_episode(env, seed, cfg.noise, options, cfg.label)
                 attempts += 1
                 successes += success
                 kept = success or cfg.keep_failed
@@ -244,6 +256,7 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
         recording = {
             "env": cfg.env,
             "noise": cfg.noise,
+            "label": cfg.label,
             "seed_start": cfg.seed_start,
             "workers": workers,
             "keep_failed": cfg.keep_failed,

@@ -55,6 +55,34 @@ def test_record_round_trip(tmp_path, env_id, workers, episodes):
     env.close()
 
 
+@pytest.mark.parametrize("env_id", ["robotok/PickCup-v0", "robotok/Drive-v0"])
+def test_noisy_demonstrations_label_each_step_with_the_intended_command(tmp_path, env_id):
+    """Under --noise the robot moves by the perturbed command (``action.executed``) and each step's ``action``
+    is what the expert meant there: replaying the executed commands reproduces the states, and a noise-free
+    expert walked along those states commands exactly the stored actions."""
+    import robotok.sim_envs
+
+    env = make_env(env_id)
+    out = tmp_path / "ds"
+    record(RecordConfig(env=env_id, episodes=2, out=out, workers=1, noise=0.3))
+    ds = LeRobotDataset(out)
+    recording = json.loads((out / "meta/recording.json").read_text())
+    assert recording["label"] == "intended"
+    perturbed = 0
+    for i, ep in enumerate(recording["episodes"]):
+        got = ds.episode(i, load_images=False)
+        obs, _ = env.reset(seed=ep["seed"])
+        clean = robotok.sim_envs.make_expert(env, noise=0.0)
+        for t, (state, executed) in enumerate(zip(got["observation.state"], got["action.executed"], strict=True)):
+            np.testing.assert_array_equal(np.asarray(obs["agent_pos"], np.float32), state)
+            want, _ = clean.act(obs)
+            np.testing.assert_array_equal(want, got["action"][t])
+            obs, *_ = env.step(executed)
+        perturbed += int(np.any(np.abs(got["action"] - got["action.executed"]) > 0.05, axis=1).sum())
+    assert perturbed > 0  # the noise did move the robot off the expert's command
+    env.close()
+
+
 def test_every_target_records_each_scene_once_per_named_cup(tmp_path):
     """--every-target: the episodes of one seed share their first frame and differ in the named cup, the
     prompt and where the expert goes."""
