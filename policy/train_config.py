@@ -10,6 +10,8 @@ from typing import Literal
 
 import torch
 
+from robotok import cpu_has_bf16_matmul
+
 
 @dataclass
 class TrainConfig:
@@ -139,19 +141,6 @@ class TrainConfig:
                 f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
                 f" must be >= 1 and stop_at {self.stop_at} >= 0"
             )
-
-
-def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
-    """Whether the CPU multiplies bf16 natively: AMX-BF16 tiles (Intel, ~1.9x fp32 training throughput) or
-    AVX512-BF16 dot products (AMD Zen 4 and later, 1.49x measured); ``benchmarks/policy_speed.py`` measures
-    the ratio. Without either, bf16 autocast only converts and is slower than fp32. ``cpuinfo``: the text of
-    /proc/cpuinfo (read when None)."""
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return False
-    return bool(set(cpuinfo.split()) & {"amx_bf16", "avx512_bf16"})
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype | None:

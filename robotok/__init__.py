@@ -33,3 +33,17 @@ def assets_dir() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"robotok assets folder not found next to {here}; reinstall robotok")
+
+
+def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU multiplies bf16 natively: AMX-BF16 tiles (Intel, ~1.9x fp32 training throughput) or
+    AVX512-BF16 dot products (AMD Zen 4 and later, 1.49x measured); ``benchmarks/policy_speed.py`` measures
+    the ratio. Without either (an AVX2-only CPU), bf16 autocast runs reference kernels and is many times
+    slower than fp32, so every trainer's ``--dtype auto`` asks this. ``cpuinfo``: the text of /proc/cpuinfo
+    (read when None)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+    return bool(set(cpuinfo.split()) & {"amx_bf16", "avx512_bf16"})

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+import robotok
 from robotok.tokenizers import train_video
 from robotok.tokenizers.train_video import FrameSet, TrainVideoConfig, psnr, split_episodes
 from robotok.tokenizers.video import FSQ, VideoAutoencoder, VideoTokenizer, VideoTokenizerConfig
@@ -163,6 +164,16 @@ def test_onnx_encoder_matches_torch_ids(tmp_path: Path) -> None:
     assert got.dtype == np.int64 and got.shape == (5, 8, 8)
     assert np.array_equal(got, tok.encode(frames))
     assert len(np.unique(got)) > 10
+
+
+def test_dtype_auto_takes_bf16_only_where_the_cpu_multiplies_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On an AVX2-only CPU bf16 autocast runs reference kernels (a 2,000-step run went from minutes to hours):
+    auto must then train in fp32, and explicit choices are obeyed."""
+    cpu = torch.device("cpu")
+    for flags, want in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 fma", False)):
+        monkeypatch.setattr(train_video, "cpu_has_bf16_matmul", lambda text=flags: robotok.cpu_has_bf16_matmul(text))
+        assert train_video.use_bf16("auto", cpu) is want
+        assert train_video.use_bf16("fp32", cpu) is False and train_video.use_bf16("bf16", cpu) is True
 
 
 def test_tiny_model_overfits_a_handful_of_frames(tmp_path: Path) -> None:

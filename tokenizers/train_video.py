@@ -10,8 +10,8 @@ the pixel terms weighted up to 1 + `--object-weight` away from the frame's domin
 short run paints the table and drops the 6 px cups altogether (21.3 dB held-out on PickCup, no cup in the
 reconstructions); with 4 the cups come back in their colours and PSNR rises with them (24.2 dB; 1,000
 steps x 32 frames, channels 16 32 64). See `object_weights`.
-AdamW, linear warm-up then cosine decay, bf16 autocast (fp32 master weights), periodic checkpoints,
-`--resume` continues from `<out>/train_state.pt`.
+AdamW, linear warm-up then cosine decay, bf16 autocast where the CPU or GPU multiplies bf16 (fp32 master
+weights), periodic checkpoints, `--resume` continues from `<out>/train_state.pt`.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
 
+from robotok import cpu_has_bf16_matmul
 from robotok.tokenizers.video import VideoAutoencoder, VideoTokenizer, VideoTokenizerConfig
 
 PROG = "robotok-train-video-tokenizer"
@@ -81,8 +83,10 @@ class TrainVideoConfig:
     """Save weights and optimiser state every this many steps (and at the end)."""
     resume: bool = False
     """Continue from the checkpoint in --out."""
-    bf16: bool = True
-    """bf16 autocast for convolutions (about 2x faster on CPUs with AMX/AVX512-BF16; fp32 master weights)."""
+    dtype: Literal["auto", "fp32", "bf16"] = "auto"
+    """Compute precision: auto is bf16 autocast (fp32 master weights) on CUDA and on CPUs that multiply bf16
+    natively (AMX-BF16, AVX512-BF16: about 2x faster there), else fp32 (bf16 on an AVX2-only CPU is many
+    times slower)."""
     threads: int = 0
     """torch intra-op threads; 0 = $OMP_NUM_THREADS when set, else the CPUs this process may use."""
     device: str = "cpu"
@@ -173,6 +177,15 @@ def load_frames(cfg: TrainVideoConfig) -> FrameSet:
 # ---------------------------------------------------------------------------------------------- training
 
 
+def use_bf16(dtype: str, device: torch.device) -> bool:
+    """Whether ``--dtype`` means bf16 autocast on ``device`` (auto: where bf16 is native, see above)."""
+    if dtype != "auto":
+        return dtype == "bf16"
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16_matmul()
+
+
 def lr_at(step: int, cfg: TrainVideoConfig) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak at cfg.steps."""
     if step < cfg.warmup:
@@ -233,13 +246,14 @@ def train_steps(
     device = next(model.parameters()).device
     model.train()
     recent: list[float] = []
+    amp = use_bf16(cfg.dtype, device)
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
     for step in bar:
         idx = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
         x = frames[idx].to(device).float().div_(255.0)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             y = model(x)
         loss = reconstruction_loss(y, x, cfg)
         opt.zero_grad(set_to_none=True)
