@@ -33,6 +33,7 @@ import torch.distributed.checkpoint.state_dict as dcp_sd
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from robotok import resolve_dtype
 from robotok.policy.checkpoint import (
     CKPT_FORMAT,
     atomic_write,
@@ -50,7 +51,7 @@ from robotok.policy.shards import (
     split_by_episode,
     trimmed_length,
 )
-from robotok.policy.train_config import TrainConfig, lr_at, resolve_dtype
+from robotok.policy.train_config import TrainConfig, lr_at
 
 
 def video_embedding(data: Path, cells: bool = True, stem: int = 0, film: int = 0) -> dict[str, Any]:

@@ -1,5 +1,6 @@
-"""robotok-train's configuration (``TrainConfig``, its checks and its learning-rate schedule) and the choice of
-compute precision: what a run is asked to do, apart from the trainer that does it (``robotok.policy.train``)."""
+"""robotok-train's configuration (``TrainConfig``, its checks and its learning-rate schedule): what a run is
+asked to do, apart from the trainer that does it (``robotok.policy.train``). The compute precision is chosen by
+``robotok.resolve_dtype``, shared with the video tokenizer's trainer."""
 
 from __future__ import annotations
 
@@ -7,10 +8,6 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-
-import torch
-
-from robotok import cpu_has_bf16_matmul
 
 
 @dataclass
@@ -141,17 +138,6 @@ class TrainConfig:
                 f"eval_every {self.eval_every}, ckpt_every {self.ckpt_every}, log_every {self.log_every}"
                 f" must be >= 1 and stop_at {self.stop_at} >= 0"
             )
-
-
-def resolve_dtype(choice: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32."""
-    if choice == "fp32":
-        return None
-    if choice == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_bf16_matmul() else None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

@@ -10,6 +10,10 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 __version__ = "0.1.0"
 
@@ -47,3 +51,18 @@ def cpu_has_bf16_matmul(cpuinfo: str | None = None) -> bool:
         except OSError:
             return False
     return bool(set(cpuinfo.split()) & {"amx_bf16", "avx512_bf16"})
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``--dtype`` (auto, fp32, bf16) on ``device``, or None for plain fp32: auto is bf16
+    on CUDA where supported and on CPUs that multiply bf16 natively. Both trainers ask this (torch is imported
+    here, not at the package's import: recording must not need it)."""
+    import torch
+
+    if choice == "fp32":
+        return None
+    if choice == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_bf16_matmul() else None

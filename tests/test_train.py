@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from robotok import cpu_has_bf16_matmul
+from robotok import cpu_has_bf16_matmul, resolve_dtype
 from robotok.policy.checkpoint import load_checkpoint
 from robotok.policy.model import Transformer, config_from_dict, weighted_cross_entropy
 from robotok.policy.shards import (
@@ -27,7 +27,7 @@ from robotok.policy.shards import (
     write_shards,
 )
 from robotok.policy.train import train
-from robotok.policy.train_config import TrainConfig, lr_at, resolve_dtype
+from robotok.policy.train_config import TrainConfig, lr_at
 
 V = 40
 

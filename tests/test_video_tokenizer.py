@@ -170,10 +170,11 @@ def test_dtype_auto_takes_bf16_only_where_the_cpu_multiplies_it(monkeypatch: pyt
     """On an AVX2-only CPU bf16 autocast runs reference kernels (a 2,000-step run went from minutes to hours):
     auto must then train in fp32, and explicit choices are obeyed."""
     cpu = torch.device("cpu")
+    real = robotok.cpu_has_bf16_matmul
     for flags, want in (("fpu avx2 avx512f avx512_bf16", True), ("fpu avx2 fma", False)):
-        monkeypatch.setattr(train_video, "cpu_has_bf16_matmul", lambda text=flags: robotok.cpu_has_bf16_matmul(text))
-        assert train_video.use_bf16("auto", cpu) is want
-        assert train_video.use_bf16("fp32", cpu) is False and train_video.use_bf16("bf16", cpu) is True
+        monkeypatch.setattr(robotok, "cpu_has_bf16_matmul", lambda text=flags: real(text))
+        assert (train_video.resolve_dtype("auto", cpu) is not None) is want
+        assert train_video.resolve_dtype("fp32", cpu) is None and train_video.resolve_dtype("bf16", cpu) is not None
 
 
 def test_tiny_model_overfits_a_handful_of_frames(tmp_path: Path) -> None:

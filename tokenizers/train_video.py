@@ -31,7 +31,7 @@ import torch
 import tyro
 from tqdm import tqdm
 
-from robotok import cpu_has_bf16_matmul
+from robotok import resolve_dtype
 from robotok.tokenizers.video import VideoAutoencoder, VideoTokenizer, VideoTokenizerConfig
 
 PROG = "robotok-train-video-tokenizer"
@@ -177,15 +177,6 @@ def load_frames(cfg: TrainVideoConfig) -> FrameSet:
 # ---------------------------------------------------------------------------------------------- training
 
 
-def use_bf16(dtype: str, device: torch.device) -> bool:
-    """Whether ``--dtype`` means bf16 autocast on ``device`` (auto: where bf16 is native, see above)."""
-    if dtype != "auto":
-        return dtype == "bf16"
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return cpu_has_bf16_matmul()
-
-
 def lr_at(step: int, cfg: TrainVideoConfig) -> float:
     """Linear warm-up, then cosine decay to 5% of the peak at cfg.steps."""
     if step < cfg.warmup:
@@ -246,7 +237,7 @@ def train_steps(
     device = next(model.parameters()).device
     model.train()
     recent: list[float] = []
-    amp = use_bf16(cfg.dtype, device)
+    amp = resolve_dtype(cfg.dtype, device) is not None
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="train", disable=not progress)
     for step in bar:
         idx = torch.randint(len(frames), (cfg.batch_size,), generator=gen)
