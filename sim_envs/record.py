@@ -13,6 +13,13 @@ episodes, encoding each episode into its own data and video files as soon as it 
 assembles the parts (renumbering files, no re-encoding) and writes meta/. The dataset's episodes are
 worker 0's, then worker 1's, ...; ``meta/recording.json`` lists each episode's seed.
 
+``--policy CKPT`` records corrections of a trained policy (DAgger-style, Ross et al. 2011): in each episode the
+policy drives for its first K steps (K drawn from 1..``--handover`` by the seed) and the expert, walked along the
+same states, labels every step with what it would command there; then the expert takes over and finishes. The
+states are the policy's own mistakes, the labels say how to get out of them, and the episode still ends where a
+demonstration ends (lifted cup, route done), which is what ``robotok-pretokenize --goal`` reads as its goal.
+``action.executed`` holds what was executed (the policy's actions, then the expert's).
+
 ``--every-target`` records each scene once per candidate target (each cup of a PickCup scene named in turn,
 each Drive route), so the dataset holds the same first frames under different prompts with different
 actions: what the prompt changes is then in the data itself, not only across scenes that also differ in
@@ -84,6 +91,12 @@ class RecordConfig:
     """record each seed once per candidate target of its scene (each cup named, each route), not once."""
     max_attempts_per_episode: float = 3.0
     """give up once a worker has tried this many seeds per episode of its share (expert failing a lot)."""
+    policy: Path | None = None
+    """a checkpoint of robotok-train: it drives the first steps of each episode, the expert labels them (the
+    module docstring); trained on these episodes and the demonstrations, a policy learns to recover from
+    where it goes wrong itself."""
+    handover: int = 80
+    """with --policy: the policy drives for the first K steps, K drawn uniformly from 1..handover per seed."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 1:
@@ -97,22 +110,45 @@ class RecordConfig:
         if self.max_attempts_per_episode < 1:
             raise ValueError(f"max_attempts_per_episode={self.max_attempts_per_episode}: must be >= 1")
         json_object("env_kwargs", self.env_kwargs)
+        if self.handover < 1:
+            raise ValueError(f"handover={self.handover}: the policy drives for at least 1 step")
+        if self.policy is not None and self.label == "executed":
+            raise ValueError("--policy records the expert's labels of the policy's steps: drop --label executed")
+        if self.policy is not None and self.every_target:
+            raise ValueError("--policy records corrections of one prompt per scene: drop --every-target")
         if self.out is None:
             self.out = Path("data") / self.env.split("/")[-1].split("-v")[0].lower()
 
 
+def handover_step(seed: int, handover: int) -> int:
+    """The step at which the expert takes over from ``--policy`` in episode ``seed``: 1..handover."""
+    return int(np.random.default_rng([seed, 9176]).integers(1, handover + 1))
+
+
 def run_episode(
-    env: Any, seed: int, noise: float, options: dict[str, Any] | None = None, label: str = "intended"
+    env: Any,
+    seed: int,
+    noise: float,
+    options: dict[str, Any] | None = None,
+    label: str = "intended",
+    actor: Any = None,
+    handover: int = 0,
 ) -> tuple[dict[str, np.ndarray], str, bool]:
     """One expert episode: (frames dict keyed as the dataset's features, prompt, success).
-    ``options`` go to ``env.reset`` (e.g. ``{"target_color": "red"}``); ``label`` as ``RecordConfig.label``."""
+    ``options`` go to ``env.reset`` (e.g. ``{"target_color": "red"}``); ``label`` as ``RecordConfig.label``.
+    With ``actor`` (``reset()``, ``select_action(obs)``: a policy) the actor drives the first ``handover`` steps
+    and the expert's intended command labels them; then the expert drives."""
     obs, info = env.reset(seed=seed, options=options)
     expert = make_expert(env, noise=noise)
     prompt = info["prompt"]
     states, intended, executed, images = [], [], [], {cam: [] for cam in obs["pixels"]}
+    if actor is not None:
+        actor.reset()
     done = False
     while not done:
-        want, action = expert.act(obs)
+        want, action = expert.act(obs)  # every step: the expert's phase follows the states it is shown
+        if actor is not None and len(states) < handover:
+            action = np.asarray(actor.select_action({**obs, "task": prompt}), dtype=np.float32)
         states.append(np.asarray(obs["agent_pos"], dtype=np.float32))
         intended.append(np.asarray(want, dtype=np.float32))
         executed.append(np.asarray(action, dtype=np.float32))
@@ -121,7 +157,7 @@ def run_episode(
         obs, _, terminated, truncated, info = env.step(action)
         done = terminated or truncated
     episode = {"observation.state": np.stack(states)}
-    if label == "executed" or noise == 0:
+    if label == "executed" or (noise == 0 and actor is None):
         episode["action"] = np.stack(executed)
     else:
         episode["action"], episode["action.executed"] = np.stack(intended), np.stack(executed)
@@ -144,6 +180,14 @@ def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, repor
     """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest."""
     env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **json_object("env_kwargs", cfg.env_kwargs))
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
+    actor = None
+    if cfg.policy is not None:
+        import torch
+
+        from robotok.policy import Policy
+
+        torch.set_num_threads(1)  # one core per worker
+        actor = Policy.from_checkpoint(cfg.policy)
     writer: LeRobotDatasetWriter | None = None
     seeds, attempts, successes, k = [], 0, 0, 0
     max_attempts = int(np.ceil(cfg.max_attempts_per_episode * quota)) if not cfg.keep_failed else quota
@@ -159,7 +203,9 @@ def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, repor
             for options in targets:
                 if len(seeds) >= quota or attempts >= max_attempts:
                     break
-                episode, prompt, success = run_episode(env, seed, cfg.noise, options, cfg.label)
+                episode, prompt, success = run_episode(
+                    env, seed, cfg.noise, options, cfg.label, actor, handover_step(seed, cfg.handover)
+                )
                 attempts += 1
                 successes += success
                 kept = success or cfg.keep_failed
@@ -193,6 +239,11 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     if out.exists():
         raise SystemExit(f"robotok-record: error: {out} already exists; choose another --out or remove it")
+    if cfg.policy is not None and not (Path(cfg.policy) / "model.safetensors").is_file():
+        raise SystemExit(
+            f"robotok-record: error: --policy {cfg.policy} is not a checkpoint directory (no model.safetensors); "
+            "point it at the output of robotok-train"
+        )
     if cfg.env not in gym.registry:
         known = ", ".join(k for k in gym.registry if k.startswith("robotok/"))
         raise SystemExit(f"robotok-record: error: unknown env id {cfg.env!r}; use one of: {known}")
@@ -261,6 +312,8 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
             "workers": workers,
             "keep_failed": cfg.keep_failed,
             "every_target": cfg.every_target,
+            "policy": None if cfg.policy is None else str(cfg.policy),
+            "handover": cfg.handover if cfg.policy is not None else None,
             "env_kwargs": json_object("env_kwargs", cfg.env_kwargs),
             "attempts": stats["attempts"],
             "expert_successes": stats["successes"],

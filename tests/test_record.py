@@ -83,6 +83,51 @@ def test_noisy_demonstrations_label_each_step_with_the_intended_command(tmp_path
     env.close()
 
 
+class Stray:
+    """A policy that drives the grip away from the table's middle and closes it: states no demonstration shows."""
+
+    def __init__(self) -> None:
+        self.resets = 0
+
+    def reset(self) -> None:
+        self.resets += 1
+
+    def select_action(self, obs: dict) -> np.ndarray:
+        assert "task" in obs and "pixels" in obs  # what a policy is given: the observation and the prompt
+        return np.array([1.0, -1.0, 0.5, 0.0, 1.0], np.float32)
+
+
+def test_corrections_label_the_policys_own_states_with_the_expert(tmp_path):
+    """--policy (DAgger-style): the policy drives the first K steps, the expert walked along those very states
+    labels every step, then takes over, recovers and succeeds. Replaying ``action.executed`` from the seed gives
+    the recorded states; a fresh expert walked along them commands exactly the stored ``action``."""
+    import robotok.sim_envs
+    from robotok.sim_envs.record import handover_step
+
+    env = make_env("robotok/PickCup-v0")
+    seed, stray = 3, Stray()
+    handover = handover_step(seed, 40)
+    assert handover_step(seed, 40) == handover and 1 <= handover <= 40  # the seed decides it
+    assert len({handover_step(s, 40) for s in range(50)}) > 10
+    got, prompt, success = run_episode(env, seed, 0.0, actor=stray, handover=30)
+    assert success and stray.resets == 1
+    obs, info = env.reset(seed=seed)
+    assert info["prompt"] == prompt
+    clean = robotok.sim_envs.make_expert(env, noise=0.0)
+    for t, (state, executed) in enumerate(zip(got["observation.state"], got["action.executed"], strict=True)):
+        np.testing.assert_array_equal(np.asarray(obs["agent_pos"], np.float32), state)
+        want, _ = clean.act(obs)
+        np.testing.assert_array_equal(want, got["action"][t])
+        if t < 30:
+            np.testing.assert_array_equal(executed, stray.select_action({"task": "", "pixels": {}}))
+        else:
+            np.testing.assert_array_equal(executed, want)  # the expert drives, without noise, as it means
+        obs, *_ = env.step(executed)
+    # the labels of the stray steps say how to get back: they disagree with what the policy did
+    assert np.abs(got["action"][:30] - got["action.executed"][:30]).max(axis=1).min() > 0.5
+    env.close()
+
+
 def test_every_target_records_each_scene_once_per_named_cup(tmp_path):
     """--every-target: the episodes of one seed share their first frame and differ in the named cup, the
     prompt and where the expert goes."""
@@ -131,6 +176,10 @@ def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main()
     assert "episodes=0, workers=1: both must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="is not a checkpoint directory"):
+        record(RecordConfig(episodes=1, out=tmp_path / "w", policy=tmp_path / "taken"))
+    with pytest.raises(ValueError, match="drop --label executed"):
+        RecordConfig(episodes=1, out=tmp_path / "w", policy=tmp_path / "taken", label="executed")
     with pytest.raises(ValueError, match="--env-kwargs must be a JSON object"):
         RecordConfig(episodes=1, out=tmp_path / "z", env_kwargs="[1]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written left behind
