@@ -146,6 +146,53 @@ class LeRobotDataset:
         )
 
 
+class DatasetGroup:
+    """Several LeRobotDatasets of one robot read as one: episodes of the first, then of the second, ... (e.g.
+    demonstrations and the corrections ``robotok-record --policy`` adds to them). The parts must agree on fps
+    and cameras. ``anchor_episodes`` counts the first part's episodes: what defines the robot's normalisation
+    (``robotok-pretokenize``), so that adding corrections leaves a trained model's token space as it was."""
+
+    def __init__(self, parts: list[LeRobotDataset]) -> None:
+        if not parts:
+            raise ValueError("a dataset group needs at least one dataset")
+        first = parts[0]
+        for ds in parts[1:]:
+            if ds.fps != first.fps or ds.camera_keys != first.camera_keys:
+                raise ValueError(
+                    f"{ds.root} ({ds.fps} fps, cameras {ds.camera_keys}) cannot join {first.root} ({first.fps} fps, "
+                    f"cameras {first.camera_keys}): a group is one robot, recorded the same way"
+                )
+        self.parts, self.root = parts, first.root
+        self.fps, self.features, self.camera_keys = first.fps, first.features, first.camera_keys
+        self.tasks = sorted({t for ds in parts for t in ds.tasks})
+        self.episode_lengths = np.concatenate([ds.episode_lengths for ds in parts])
+        self.anchor_episodes = first.num_episodes
+        self._starts = np.cumsum([0] + [ds.num_episodes for ds in parts])
+
+    @property
+    def num_episodes(self) -> int:
+        return int(self._starts[-1])
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def _part(self, i: int) -> tuple[LeRobotDataset, int]:
+        if not 0 <= i < self.num_episodes:
+            raise IndexError(f"episode {i} out of range: the group has {self.num_episodes} episodes")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self.parts[k], i - int(self._starts[k])
+
+    def episode(self, i: int, load_images: bool = True) -> dict[str, Any]:
+        """Episode i of the group, as ``LeRobotDataset.episode``."""
+        ds, j = self._part(i)
+        return ds.episode(j, load_images)
+
+    def episode_frames(self, i: int, camera_key: str) -> np.ndarray:
+        """Frames of one camera of episode i of the group, as ``LeRobotDataset.episode_frames``."""
+        ds, j = self._part(i)
+        return ds.episode_frames(j, camera_key)
+
+
 def _read_tasks(path: Path) -> list[str]:
     table = pq.read_table(path)
     name = "task" if "task" in table.column_names else "__index_level_0__"

@@ -52,7 +52,9 @@ class PretokenizeConfig:
     """robotok-pretokenize: LeRobot datasets + fitted tokenizers -> token shards for robotok-train."""
 
     dataset: tuple[str, ...] = ()
-    """LeRobot v3 dataset directories (one per task/robot), e.g. runs/demo/data/pick_cup runs/demo/data/drive."""
+    """LeRobot v3 dataset directories (one per task/robot), e.g. runs/demo/data/pick_cup runs/demo/data/drive.
+    ``A+B`` reads several directories of one robot as one dataset (demonstrations + corrections from
+    robotok-record --policy): the first one's states set the normalisation."""
     action_tokenizer: tuple[str, ...] = ()
     """Fitted action tokenizer directories: one per dataset (disjoint id ranges), or one shared by all."""
     video_tokenizer: str = "runs/demo/tokenizers/video"
@@ -180,7 +182,7 @@ def pretokenize(
             states.append(s)
             lengths += [len(x) for x in acts]
             tasks.append(ep["task"])
-        s_all = np.concatenate(states)
+        s_all = np.concatenate(states[: getattr(ds, "anchor_episodes", len(states))])  # a group: its first part
         q01, q99 = np.quantile(s_all, 0.01, axis=0), np.quantile(s_all, 0.99, axis=0)
         embs.append(
             {
@@ -454,19 +456,25 @@ def main() -> None:
     for p in cfg.scenes:
         if not Path(p).is_file():
             raise SystemExit(f"{err} --scenes {p} is not a file; make it with robotok-record-scenes")
-    for p in [*cfg.dataset, *cfg.action_tokenizer, cfg.video_tokenizer]:
+    for p in [*(q for d in cfg.dataset for q in d.split("+")), *cfg.action_tokenizer, cfg.video_tokenizer]:
         if not Path(p).is_dir():
             raise SystemExit(
                 f"{err} {p} is not a directory; make it first (see README: robotok-record, "
                 "robotok-fit-tokenizers, robotok-train-video-tokenizer)"
             )
-    from robotok.datasets.lerobot_v3 import LeRobotDataset
+    from robotok.datasets.lerobot_v3 import DatasetGroup, LeRobotDataset
     from robotok.tokenizers.action import load_action_tokenizer
     from robotok.tokenizers.video import VideoTokenizer
 
-    paths = [Path(p) for p in cfg.dataset]
-    datasets = list(zip(_unique_names(paths), [LeRobotDataset(p) for p in paths], strict=True))
+    groups = [[Path(p) for p in d.split("+")] for d in cfg.dataset]
     try:
+        datasets = list(
+            zip(
+                _unique_names([g[0] for g in groups]),
+                [LeRobotDataset(g[0]) if len(g) == 1 else DatasetGroup([LeRobotDataset(p) for p in g]) for g in groups],
+                strict=True,
+            )
+        )
         out = pretokenize(
             datasets,
             [load_action_tokenizer(p) for p in cfg.action_tokenizer],

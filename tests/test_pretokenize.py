@@ -311,6 +311,38 @@ def test_cli_writes_shards_and_reports_bad_input(world, tmp_path, monkeypatch, c
         main()
 
 
+def test_a_group_of_datasets_is_one_robot_normalised_by_its_first(world, tmp_path, monkeypatch, capsys) -> None:
+    """``--dataset A+B``: B's episodes join A's robot (one embodiment, one action range), and the token space
+    stays A's, so a checkpoint trained on A's shards can go on training on the group's (robotok-train --init)."""
+    root = world["root"]
+    more = LeRobotDataset(write_dataset(tmp_path / "more", "pick", 2, 7))  # other episodes of the same robot
+    world["toks"][0].save(tmp_path / "tok_pick")
+    world["vt"].save(tmp_path / "video")
+    common = ["--action-tokenizer", str(tmp_path / "tok_pick"), "--video-tokenizer", str(tmp_path / "video"),
+              "--horizon", "6", "--cameras", "front", "wrist"]  # fmt: skip
+    for name, data in (("alone", str(root / "pick")), ("group", f"{root / 'pick'}+{more.root}")):
+        argv = ["robotok-pretokenize", "--dataset", data, "--out", str(tmp_path / name), *common]
+        monkeypatch.setattr(sys, "argv", argv)
+        main()
+    alone, group = TokenShards(tmp_path / "alone"), TokenShards(tmp_path / "group")
+    assert len(group) == len(alone) + int(more.episode_lengths.sum())
+    assert (tmp_path / "alone/token_space.json").read_text() == (tmp_path / "group/token_space.json").read_text()
+    meta = json.loads((tmp_path / "group/meta.json").read_text())
+    assert meta["datasets"] == [{"name": "pick", "episodes": 5}]
+    np.testing.assert_array_equal(group.tokens[: len(alone)], alone.tokens)  # A's rows first, unchanged
+    space = TokenSpace.load(tmp_path / "group/token_space.json")
+    first_b = int(np.flatnonzero(np.asarray(group.episodes)[:, 0] == 3)[0])  # B's first episode, first step
+    row, ep = space.parse(group.tokens[first_b]), more.episode(0, load_images=False)
+    assert row["prompt"] == ep["task"]
+    ids = space.action_tokens(row["actions"], 0)
+    assert ids == list(world["toks"][0].encode(action_chunk(ep["action"], 0, 6, ep["action"].shape[1])))
+    monkeypatch.setattr(sys, "argv", ["robotok-pretokenize", "--dataset", f"{root / 'pick'}+{root / 'drive'}",
+                                      "--out", str(tmp_path / "bad"), *common])  # fmt: skip
+    with pytest.raises(SystemExit, match="cannot join .*a group is one robot"):
+        main()
+    assert not (tmp_path / "bad").exists()
+
+
 def test_a_stride_per_dataset_must_name_every_dataset(world, tmp_path) -> None:
     from dataclasses import replace
 
