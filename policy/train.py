@@ -148,6 +148,8 @@ class Trainer:
         model = Transformer(self.model_cfg)
         if cfg.resume:
             model, state, ema_init = self._load_resume(model)
+        elif cfg.init is not None:
+            self._load_init(model)
         self.n_params = model.num_params()
         model.to(self.device)
         if cfg.fsdp:
@@ -287,6 +289,25 @@ class Trainer:
         model.load_state_dict(saved)
         self.start_step = state["step"]
         return model, state, ema
+
+    def _load_init(self, model: Transformer) -> None:
+        """--init: the weights of another checkpoint, which must hold this model in this token space."""
+        src, err = Path(self.cfg.init), "robotok-train: error: --init"
+        if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
+            raise SystemExit(f"{err} {src} is not a checkpoint directory (config.json + model.safetensors)")
+        config = json.loads((src / "config.json").read_text())
+        if config_from_dict(config["model"]) != self.model_cfg:
+            raise SystemExit(
+                f"{err} {src} holds a different model ({config['model']}, here {self.model_cfg}); use its --preset "
+                "and model flags"
+            )
+        mine, theirs = self.cfg.data / "token_space.json", src / "token_space.json"
+        if theirs.is_file() and json.loads(mine.read_text()) != json.loads(theirs.read_text()):
+            raise SystemExit(
+                f"{err} {src} was trained in another token space than {self.cfg.data}'s (tokenizers, state "
+                "normalisation); pre-tokenise with its tokenizers, and with A+B datasets to add data to a robot"
+            )
+        model.load_state_dict(load_file(src / "model.safetensors"))
 
     def _forward_loss(self, tokens: np.ndarray, kinds: np.ndarray, norm: float) -> tuple[torch.Tensor, dict]:
         """Loss of a micro-batch normalised by ``norm`` (weight of the global batch / world), plus raw sums."""

@@ -93,6 +93,10 @@ class TrainConfig:
     """Seed of the initialisation, the data order and the validation split."""
     resume: bool = False
     """Continue from the checkpoint in --out (same flags), giving the same result as an unbroken run."""
+    init: Path | None = None
+    """Start from the weights of this checkpoint (its model.safetensors) instead of a fresh initialisation, with a
+    new optimizer and schedule: e.g. to go on training a policy on its demonstrations plus the corrections that
+    robotok-record --policy recorded of it. The shards must be in the checkpoint's token space."""
     stop_at: int = 0
     """Stop (with a checkpoint) after this step, e.g. to split a run over time-limited jobs (0: run to --steps)."""
     fsdp: bool = False
@@ -116,6 +120,8 @@ class TrainConfig:
             raise ValueError(
                 f"ground_weight {self.ground_weight} must be >= 0 and ground_batch {self.ground_batch} >= 1"
             )
+        if self.init is not None and self.resume:
+            raise ValueError("--init starts a new run from a checkpoint's weights, --resume continues one: pick one")
         if self.ground_weight and not self.prompt_film:
             raise ValueError("--ground-weight trains the prompt-conditioned stem to point: set --prompt-film too")
         if self.keypoint and not self.ground_weight:

@@ -127,6 +127,30 @@ def test_resume_continues_exactly(tmp_path):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_init_starts_a_new_run_from_a_checkpoints_weights(tmp_path):
+    """--init loads another checkpoint's weights (a new optimizer and schedule): at a negligible lr they come out
+    as they went in, where a fresh initialisation does not; another token space or model is refused."""
+    import shutil
+
+    data = make_shards(tmp_path, extras=True)
+    first = train(cfg_for(data, tmp_path / "first"))
+    again = train(cfg_for(data, tmp_path / "again", init=first, lr=1e-9))
+    assert max_diff(weights_of(first), weights_of(again)) < 1e-6
+    fresh = train(cfg_for(data, tmp_path / "fresh", lr=1e-9))
+    assert max_diff(weights_of(first), weights_of(fresh)) > 1e-3
+    more = train(cfg_for(data, tmp_path / "more", init=first))
+    assert json.loads((more / "config.json").read_text())["train"]["init"] == str(first)
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    (other / "token_space.json").write_text('{"vocab_size": 41}')
+    with pytest.raises(SystemExit, match="another token space"):
+        train(cfg_for(other, tmp_path / "x", init=first))
+    with pytest.raises(SystemExit, match="holds a different model"):
+        train(cfg_for(data, tmp_path / "y", init=first, preset="tiny"))
+    with pytest.raises(ValueError, match="pick one"):
+        cfg_for(data, tmp_path / "z", init=first, resume=True)
+
+
 def test_ema_checkpoint_holds_the_average_and_resumes_exactly(tmp_path):
     """--ema leaves training as it is (train_state.pt keeps the training weights), writes the average that the
     recursion over the per-step weights gives, and resumes to the same average as an unbroken run."""
