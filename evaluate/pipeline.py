@@ -16,7 +16,11 @@ record         robotok-record (once per task),                 data/<task>/ (met
 fit            robotok-fit-tokenizers                          tokenizers/action/ (report.json)
 video          robotok-train-video-tokenizer                   tokenizers/video/ (eval.json)
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
-train          robotok-train                                   policy/ (config.json at the last step)
+train          robotok-train                                   policy/ (config.json at the last step),
+                                                               policy_demos/ when the preset corrects
+correct        robotok-record --policy (per corrected task),   data/<task>_corrections/ (meta/info.json),
+               robotok-pretokenize (demos+corrections),        shards_corrections/ (meta.json),
+               robotok-train --init policy_demos/              policy/ (config.json at the last step)
 eval           robotok-eval (policy, --prompt-sweep, expert)   eval/, eval/sweep/, eval/expert/
 report         (this module)                                   report.md, pipeline.json, plots/
 =============  ==============================================  =================================
@@ -50,7 +54,8 @@ from typing import Literal
 from robotok.evaluate.presets import EVAL_SEED_START, PRESETS, TASKS, Preset, with_overrides
 
 PROG = "robotok-pipeline"
-STAGES = ("record", "fit", "video", "pretokenize", "train", "eval", "report")
+STAGES = ("record", "fit", "video", "pretokenize", "train", "correct", "eval", "report")
+CORRECTION_SEED_START = 50_000  # corrections: scenes the demonstrations (seeds from 0) and evaluation do not use
 CLI_MODULES = {
     "robotok-record": "robotok.sim_envs.record",
     "robotok-record-scenes": "robotok.sim_envs.scenes",
@@ -70,7 +75,7 @@ class PipelineConfig:
     """Run directory; every stage writes a fixed sub-folder of it (see the module docstring)."""
     preset: Literal["cpu", "gpu", "smoke"] = "cpu"
     """cpu: a 2-core CPU in about an hour; gpu: one CUDA GPU, more data and a bigger model; smoke: a wiring check."""
-    stages: tuple[Literal["record", "fit", "video", "pretokenize", "train", "eval", "report"], ...] = STAGES
+    stages: tuple[Literal["record", "fit", "video", "pretokenize", "train", "correct", "eval", "report"], ...] = STAGES
     """Stages to consider (in pipeline order); each still skips when its output is complete."""
     force: bool = False
     """Redo the selected stages even when their outputs are complete (later stages then redo too)."""
@@ -183,72 +188,46 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
             ]
         ]
     if stage == "pretokenize":
-        return [
-            [
-                "robotok-pretokenize",
-                "--dataset",
-                *d.values(),
-                "--action-tokenizer",
-                *(f"{act}/{t}/{p.action_kind}" for t in TASKS),
-                "--video-tokenizer",
-                vid,
-                "--out",
-                shards,
-                "--cameras",
-                *p.cameras,
-                "--horizon",
-                str(p.horizon),
-                "--n-action-steps",
-                str(p.n_action_steps),
-                "--history",
-                str(p.history),
-                "--stride",
-                *(str(p.stride.get(t, 1)) for t in TASKS),
-                *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
-                *(["--goal"] if p.goal else []),
-                *(["--scenes", *(str(f) for _, _, f in scene_files(out, p))] if scene_tasks(p) else []),
-            ]
-        ]
+        return [_pretokenize(out, p, list(d.values()), shards)]
     if stage == "train":
+        return [_train(p, shards, str(train_dir(out, p)), p.train_steps, p.lr, p.warmup)]
+    if stage == "correct":
+        if not corrected_tasks(p):
+            return []
+        first, grouped = str(train_dir(out, p)), []
+        for t in TASKS:
+            grouped.append(f"{d[t]}+{out / 'data' / f'{t}_corrections'}" if t in corrected_tasks(p) else d[t])
         return [
             [
-                "robotok-train",
-                "--data",
-                shards,
+                "robotok-record",
+                "--env",
+                TASKS[t],
+                "--episodes",
+                str(p.corrections[t]),
                 "--out",
-                pol,
-                "--preset",
-                p.model,
-                "--steps",
-                str(p.train_steps),
-                "--batch-size",
-                str(p.train_batch),
-                "--lr",
-                str(p.lr),
-                "--warmup-steps",
-                str(p.warmup),
-                "--frame-loss-weight",
-                str(p.frame_loss_weight),
-                "--video-stem",
-                str(p.video_stem),
-                "--prompt-film",
-                str(p.prompt_film),
-                "--ground-weight",
-                str(p.ground_weight if scene_tasks(p) else 0.0),
-                *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
-                *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
-                *(
-                    ["--keypoint-cameras", str(len(p.scene_cameras))]
-                    if p.keypoint and scene_tasks(p) and len(p.scene_cameras) > 1
-                    else []
-                ),
-                *(["--prompt-context"] if p.prompt_context else []),
-                *(["--ema", str(p.ema)] if p.ema else []),
-                *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
-                *(["--n-action-steps", *(str(p.execute_steps[t]) for t in TASKS)] if p.execute_steps else []),
-                "--device",
-                p.device,
+                str(out / "data" / f"{t}_corrections"),
+                "--workers",
+                str(p.record_workers),
+                "--noise",
+                str(p.noise),
+                "--seed-start",
+                str(CORRECTION_SEED_START),
+                *size,
+                "--policy",
+                first,
+                "--handover",
+                str(p.handover[t]),
             ]
+            for t in corrected_tasks(p)
+        ] + [
+            _pretokenize(out, p, grouped, str(out / "shards_corrections")),
+            [
+                *_train(
+                    p, str(out / "shards_corrections"), pol, p.correction_steps, p.correction_lr, p.correction_warmup
+                ),
+                "--init",
+                first,
+            ],
         ]
     if stage == "eval":
         envs = [a for env in TASKS.values() for a in ("--env", env)]
@@ -310,6 +289,88 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
     return []  # report: written by this module
 
 
+def corrected_tasks(p: Preset) -> list[str]:
+    """Tasks whose policy the ``correct`` stage corrects (``Preset.corrections``), in ``TASKS`` order."""
+    return [t for t in TASKS if p.corrections.get(t, 0) > 0]
+
+
+def train_dir(out: Path, p: Preset) -> Path:
+    """Where the train stage writes its checkpoint: ``policy/``, or ``policy_demos/`` when the correct stage goes
+    on from it (``policy/`` is always the final checkpoint)."""
+    return out / ("policy_demos" if corrected_tasks(p) else "policy")
+
+
+def _pretokenize(out: Path, p: Preset, datasets: list[str], shards: str) -> list[str]:
+    """robotok-pretokenize of ``datasets`` (one per task, ``A+B`` groups allowed) into ``shards``."""
+    act, vid = str(out / "tokenizers/action"), str(out / "tokenizers/video")
+    return [
+        "robotok-pretokenize",
+        "--dataset",
+        *datasets,
+        "--action-tokenizer",
+        *(f"{act}/{t}/{p.action_kind}" for t in TASKS),
+        "--video-tokenizer",
+        vid,
+        "--out",
+        shards,
+        "--cameras",
+        *p.cameras,
+        "--horizon",
+        str(p.horizon),
+        "--n-action-steps",
+        str(p.n_action_steps),
+        "--history",
+        str(p.history),
+        "--stride",
+        *(str(p.stride.get(t, 1)) for t in TASKS),
+        *(["--frame-loss"] if p.frame_loss_weight > 0 else []),
+        *(["--goal"] if p.goal else []),
+        *(["--scenes", *(str(f) for _, _, f in scene_files(out, p))] if scene_tasks(p) else []),
+    ]
+
+
+def _train(p: Preset, shards: str, pol: str, steps: int, lr: float, warmup: int) -> list[str]:
+    """robotok-train of the preset's model on ``shards`` into ``pol``."""
+    return [
+        "robotok-train",
+        "--data",
+        shards,
+        "--out",
+        pol,
+        "--preset",
+        p.model,
+        "--steps",
+        str(steps),
+        "--batch-size",
+        str(p.train_batch),
+        "--lr",
+        str(lr),
+        "--warmup-steps",
+        str(warmup),
+        "--frame-loss-weight",
+        str(p.frame_loss_weight),
+        "--video-stem",
+        str(p.video_stem),
+        "--prompt-film",
+        str(p.prompt_film),
+        "--ground-weight",
+        str(p.ground_weight if scene_tasks(p) else 0.0),
+        *(["--keypoint"] if p.keypoint and scene_tasks(p) else []),
+        *(["--keypoint-effector"] if p.keypoint and p.keypoint_effector and scene_tasks(p) else []),
+        *(
+            ["--keypoint-cameras", str(len(p.scene_cameras))]
+            if p.keypoint and scene_tasks(p) and len(p.scene_cameras) > 1
+            else []
+        ),
+        *(["--prompt-context"] if p.prompt_context else []),
+        *(["--ema", str(p.ema)] if p.ema else []),
+        *(["--length-buckets", str(p.length_buckets)] if p.length_buckets > 1 else []),
+        *(["--n-action-steps", *(str(p.execute_steps[t]) for t in TASKS)] if p.execute_steps else []),
+        "--device",
+        p.device,
+    ]
+
+
 def scene_tasks(p: Preset) -> list[str]:
     """Tasks that record scenes for the pointing loss (``Preset.scenes``; none when the loss is off)."""
     return [t for t in TASKS if p.scenes.get(t, 0) > 0] if p.ground_weight > 0 else []
@@ -334,7 +395,9 @@ def done_files(stage: str, out: Path, p: Preset) -> list[Path]:
         "fit": [out / "tokenizers" / "action" / "report.json"],
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
-        "train": [out / "policy" / "config.json"],
+        "train": [train_dir(out, p) / "config.json"],
+        "correct": [out / "data" / f"{t}_corrections" / "meta" / "info.json" for t in corrected_tasks(p)]
+        + ([out / "shards_corrections" / "meta.json", out / "policy" / "config.json"] if corrected_tasks(p) else []),
         "eval": [
             out / "eval" / "report.json",
             out / "eval" / "sweep" / "report.json",
@@ -351,7 +414,9 @@ def output_dirs(stage: str, out: Path, p: Preset) -> list[Path]:
         "fit": [out / "tokenizers" / "action"],
         "video": [out / "tokenizers" / "video"],
         "pretokenize": [out / "shards"],
-        "train": [out / "policy"],
+        "train": [train_dir(out, p)],
+        "correct": [out / "data" / f"{t}_corrections" for t in corrected_tasks(p)]
+        + ([out / "shards_corrections", out / "policy"] if corrected_tasks(p) else []),
         "eval": [out / "eval"],
         "report": [],
     }[stage]
@@ -362,14 +427,16 @@ def _mtime(paths: list[Path]) -> float | None:
     return min(p.stat().st_mtime for p in paths) if all(p.is_file() for p in paths) else None
 
 
-def train_step_done(out: Path) -> int:
-    """The step of the checkpoint in policy/ (0 when there is none)."""
-    path = out / "policy" / "config.json"
+def train_step_done(policy: Path) -> int:
+    """The step of the checkpoint in the folder ``policy`` (0 when there is none)."""
+    path = policy / "config.json"
     return int(json.loads(path.read_text()).get("step", 0)) if path.is_file() else 0
 
 
 def stage_state(stage: str, out: Path, p: Preset) -> str:
     """``done``, ``resume`` (train only: an unfinished checkpoint) or ``todo``."""
+    if not done_files(stage, out, p):
+        return "done"  # nothing to make (a preset without corrections)
     own = _mtime(done_files(stage, out, p))
     i = STAGES.index(stage)
     inputs = [f for s in STAGES[:i] if s != "report" for f in done_files(s, out, p)]
@@ -377,9 +444,11 @@ def stage_state(stage: str, out: Path, p: Preset) -> str:
     if stage == "report":
         return "todo"  # cheap, and it should reflect the latest outputs
     if stage == "train" and own is not None and own >= newest_input:
-        if train_step_done(out) >= p.train_steps:
+        if train_step_done(train_dir(out, p)) >= p.train_steps:
             return "done"
-        return "resume" if (out / "policy" / "train_state.pt").is_file() else "todo"
+        return "resume" if (train_dir(out, p) / "train_state.pt").is_file() else "todo"
+    if stage == "correct" and train_step_done(out / "policy") < p.correction_steps:
+        return "todo"
     return "done" if own is not None and own >= newest_input else "todo"
 
 
@@ -444,6 +513,9 @@ def run(cfg: PipelineConfig) -> dict:
     for k, stage in enumerate(selected, 1):
         state = "todo" if stage in forced else stage_state(stage, out, p)
         head = f"[{k}/{len(selected)}] {stage}"
+        if state == "done" and not done_files(stage, out, p):
+            print(f"{head}: nothing to do (the preset has no {stage} stage)", flush=True)
+            continue
         if state == "done":
             print(f"{head}: done already ({', '.join(str(f) for f in done_files(stage, out, p))}); skipped", flush=True)
             log["stages"].setdefault(stage, {})["skipped"] = True
@@ -451,8 +523,13 @@ def run(cfg: PipelineConfig) -> dict:
         print(f"{head}: {'resuming' if state == 'resume' else 'running'}", flush=True)
         t0 = time.perf_counter()
         cmds, dirs = commands(stage, out, p), output_dirs(stage, out, p)
-        if stage == "record" and stage not in forced:  # keep a task's finished recording
-            todo = [i for i, f in enumerate(done_files(stage, out, p)) if not f.is_file()] or list(range(len(cmds)))
+        if stage in ("record", "correct") and stage not in forced:  # keep a task's finished recording
+            done = [f.is_file() for f in done_files(stage, out, p)]
+            if stage == "correct":  # an unfinished --init run starts again; what follows a redone step redoes
+                done[-1] = train_step_done(out / "policy") >= p.correction_steps
+                n = len(corrected_tasks(p))
+                done = [x if i < n else x and all(done[:i]) for i, x in enumerate(done)]
+            todo = [i for i, x in enumerate(done) if not x] or list(range(len(cmds)))
             cmds, dirs = [cmds[i] for i in todo], [dirs[i] for i in todo]
         if state == "resume":
             cmds = [[*cmds[0], "--resume"]]

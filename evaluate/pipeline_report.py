@@ -167,6 +167,18 @@ def _train_section(out: Path) -> list[str]:
         f"`{cfg['preset']}` transformer, {cfg['n_params'] / 1e6:.2f}M parameters, {cfg['step']} steps of "
         f"{tr['batch_size']} sequences, peak lr {tr['lr']}"
     )
+    first = _json(out / "policy_demos" / "config.json")
+    if tr.get("init") and first is not None:
+        corr = {
+            t.name.removesuffix("_corrections"): len((_json(t / "meta" / "recording.json") or {}).get("episodes", []))
+            for t in sorted((out / "data").glob("*_corrections"))
+        }
+        text += (
+            f", going on from `policy_demos/` ({first['step']} steps on the demonstrations alone) on the "
+            "demonstrations plus corrections of that policy ("
+            + ", ".join(f"{n} {t} episodes" for t, n in corr.items())
+            + ": it drove, the expert labelled each step and finished)"
+        )
     if last_train:
         text += f"; final train/loss {last_train['train/loss']:.4f}"
     if last_val:

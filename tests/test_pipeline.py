@@ -80,7 +80,7 @@ def test_shards_and_checkpoint_drive_both_envs(smoke_run):
     shards = TokenShards(out / "shards")
     assert len(shards) > 0 and (np.asarray(shards.kinds) == KIND_ACTION).any()
     cfg = json.loads((out / "policy" / "config.json").read_text())
-    assert cfg["step"] == PRESETS["smoke"].train_steps
+    assert cfg["step"] == PRESETS["smoke"].correction_steps  # the final checkpoint: the correct stage's
     policy = Policy.from_checkpoint(out / "policy")
     for env_id, adim in (("robotok/PickCup-v0", 5), ("robotok/Drive-v0", 2)):
         env = gym.make(env_id)
@@ -123,6 +123,49 @@ def test_eval_reports_have_the_keys(smoke_run):
     ):
         assert heading in md
     assert (out / "plots" / "train_loss.png").is_file()
+
+
+@pytest.mark.slow
+def test_the_correct_stage_goes_on_from_the_policy_with_its_corrections(smoke_run):
+    """The smoke run's correct stage: robotok-record --policy recorded the first policy's own states with the
+    expert's labels, the demonstrations + corrections were pre-tokenised in the first shards' token space, and
+    the final policy was trained from the first one (its first loss is the trained model's, not chance)."""
+    import robotok.sim_envs
+    from robotok.datasets.lerobot_v3 import LeRobotDataset
+    from robotok.evaluate.pipeline import train_dir
+    from robotok.evaluate.presets import TASKS
+    from robotok.policy.shards import TokenShards
+    from robotok.sim_envs.record import handover_step
+
+    out, log = smoke_run
+    p = PRESETS["smoke"]
+    first = train_dir(out, p)
+    assert first == out / "policy_demos" and not log["stages"]["correct"]["skipped"]
+    for t, n in p.corrections.items():
+        corr = out / "data" / f"{t}_corrections"
+        rec = json.loads((corr / "meta/recording.json").read_text())
+        assert rec["policy"] == str(first) and len(rec["episodes"]) == n
+        ep = LeRobotDataset(corr).episode(0, load_images=False)
+        assert handover_step(rec["episodes"][0]["seed"], p.handover[t]) >= 1
+        env = gym.make(TASKS[t], width=p.image_size, height=p.image_size)
+        obs, _ = env.reset(seed=rec["episodes"][0]["seed"])
+        want, noisy = robotok.sim_envs.make_expert(env, noise=p.noise).act(obs)
+        np.testing.assert_array_equal(ep["action"][0], want)  # the expert labelled the first step ...
+        assert np.abs(ep["action.executed"][0] - noisy).max() > 1e-3  # ... which it did not drive: the policy did
+        env.close()
+    before, after = TokenShards(out / "shards"), TokenShards(out / "shards_corrections")
+    steps = sum(
+        -(-int(n) // p.stride[t])
+        for t in p.corrections
+        for n in LeRobotDataset(out / "data" / f"{t}_corrections").episode_lengths
+    )
+    assert len(after) == len(before) + steps
+    assert (out / "shards/token_space.json").read_text() == (out / "shards_corrections/token_space.json").read_text()
+    final = json.loads((out / "policy/config.json").read_text())
+    assert final["step"] == p.correction_steps and final["train"]["init"] == str(first)
+    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (first, out / "policy")]
+    chance, end, again = np.log(final["model"]["vocab_size"]), logs[0][-1]["train/loss"], logs[1][0]["train/loss"]
+    assert again < chance - 0.8 and abs(again - end) < 0.5, (chance, end, again)  # where the first run ended
 
 
 @pytest.mark.slow
@@ -175,6 +218,45 @@ def test_commands_are_what_a_user_types(tmp_path):
     assert "--prompt-sweep" in ev[1] and "expert,random" in ev[0]
     with pytest.raises(ValueError):
         PipelineConfig(stages=("nope",))
+
+
+def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
+    """With corrections the train stage writes policy_demos/, the correct stage records that policy's
+    corrections, pre-tokenises demonstrations+corrections and trains policy/ from it; without, policy/ is the
+    train stage's and the correct stage has nothing to do."""
+    from robotok.evaluate.pipeline import train_dir
+
+    p = PRESETS["cpu"]
+    assert p.corrections and train_dir(tmp_path, p) == tmp_path / "policy_demos"
+    first = str(tmp_path / "policy_demos")
+    train = commands("train", tmp_path, p)[0]
+    assert train[train.index("--out") + 1] == first and train[train.index("--steps") + 1] == str(p.train_steps)
+    corr = commands("correct", tmp_path, p)
+    assert [c[0] for c in corr] == ["robotok-record", "robotok-record", "robotok-pretokenize", "robotok-train"]
+    for c, t in zip(corr[:2], ("pickcup", "drive"), strict=True):
+        assert c[c.index("--policy") + 1] == first and c[c.index("--handover") + 1] == str(p.handover[t])
+        assert c[c.index("--out") + 1] == str(tmp_path / "data" / f"{t}_corrections")
+        assert c[c.index("--episodes") + 1] == str(p.corrections[t])
+    pre, plain = corr[2], commands("pretokenize", tmp_path, p)[0]
+    data = pre[pre.index("--dataset") + 1 : pre.index("--action-tokenizer")]
+    assert data == [f"{tmp_path / 'data' / t}+{tmp_path / 'data' / f'{t}_corrections'}" for t in ("pickcup", "drive")]
+    assert pre[pre.index("--action-tokenizer") :] == [
+        str(tmp_path / "shards_corrections") if x == str(tmp_path / "shards") else x
+        for x in plain[plain.index("--action-tokenizer") :]
+    ]  # the same tokenizers and settings: the same token space
+    tr = corr[3]
+    assert tr[tr.index("--init") + 1] == first and tr[tr.index("--out") + 1] == str(tmp_path / "policy")
+    assert tr[tr.index("--steps") + 1] == str(p.correction_steps) and tr[tr.index("--lr") + 1] == str(p.correction_lr)
+    assert tr[tr.index("--data") + 1] == str(tmp_path / "shards_corrections")
+    assert "--keypoint" in tr and "--prompt-context" in tr and len(tr) == len(train) + 2  # the same flags, + --init
+    off = dataclasses.replace(p, corrections={})
+    assert train_dir(tmp_path, off) == tmp_path / "policy" and commands("correct", tmp_path, off) == []
+    assert stage_state("correct", tmp_path, off) == "done" and done_files("correct", tmp_path, off) == []
+    only = dataclasses.replace(p, corrections={"pickcup": 10})
+    pre = commands("correct", tmp_path, only)[1]
+    assert pre[pre.index("--dataset") + 2] == str(tmp_path / "data" / "drive")  # Drive's demonstrations alone
+    with pytest.raises(ValueError, match="handover"):
+        dataclasses.replace(p, handover={"drive": 300})
 
 
 def test_record_keeps_a_finished_task_and_dry_run_only_prints(tmp_path, capsys):
