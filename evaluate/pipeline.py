@@ -30,7 +30,7 @@ second run is a no-op and ``--force`` on an early stage redoes everything after 
 ``train`` resumes from its last checkpoint. Wall time per stage goes to ``pipeline.json`` and the report.
 
 Presets (``robotok.evaluate.presets.PRESETS``, plain data, with how the cpu one was sized): ``cpu`` is sized for a
-2-core laptop CPU (about 45 minutes is the target; the current preset takes 63), ``gpu`` for one CUDA GPU with 16
+2-core laptop CPU (about 45 minutes is the target; the last measured whole took 80), ``gpu`` for one CUDA GPU with 16
 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps to check the wiring (its policy is not
 expected to succeed).
 

@@ -1,6 +1,6 @@
 """The demo's presets: every choice of ``robotok-pipeline`` in one place, as plain data.
 
-``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; it now takes 67, below), ``gpu``
+``cpu`` is sized for a 2-core laptop CPU (the target is about 45 minutes; the last measured whole took 80), ``gpu``
 for one CUDA GPU with 16 CPU cores, ``smoke`` runs every stage on a handful of episodes and steps (what CI runs; its
 policy is not expected to succeed). The other presets differ from the cpu one only where written.
 
