@@ -148,7 +148,7 @@ class LeRobotDataset:
 
 class DatasetGroup:
     """Several LeRobotDatasets of one robot read as one: episodes of the first, then of the second, ... (e.g.
-    demonstrations and the corrections ``robotok-record --policy`` adds to them). The parts must agree on fps
+    demonstrations and the corrections ``robotok-record-corrections`` adds). The parts must agree on fps
     and cameras. ``anchor_episodes`` counts the first part's episodes: what defines the robot's normalisation
     (``robotok-pretokenize``), so that adding corrections leaves a trained model's token space as it was."""
 

@@ -18,7 +18,7 @@ video          robotok-train-video-tokenizer                   tokenizers/video/
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
 train          robotok-train                                   policy/ (config.json at the last step),
                                                                policy_demos/ when the preset corrects
-correct        robotok-record --policy (per corrected task),   data/<task>_corrections/ (meta/info.json),
+correct        robotok-record-corrections (per task),          data/<task>_corrections/ (meta/info.json),
                robotok-pretokenize (demos+corrections),        shards_corrections/ (meta.json),
                robotok-train --init policy_demos/              policy/ (config.json at the last step)
 eval           robotok-eval (policy, --prompt-sweep, expert)   eval/, eval/sweep/, eval/expert/
@@ -59,6 +59,7 @@ CORRECTION_SEED_START = 50_000  # corrections: scenes the demonstrations (seeds 
 CLI_MODULES = {
     "robotok-record": "robotok.sim_envs.record",
     "robotok-record-scenes": "robotok.sim_envs.scenes",
+    "robotok-record-corrections": "robotok.evaluate.corrections",
     "robotok-fit-tokenizers": "robotok.tokenizers.fit",
     "robotok-train-video-tokenizer": "robotok.tokenizers.train_video",
     "robotok-pretokenize": "robotok.policy.pretokenize",
@@ -199,7 +200,7 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
             grouped.append(f"{d[t]}+{out / 'data' / f'{t}_corrections'}" if t in corrected_tasks(p) else d[t])
         return [
             [
-                "robotok-record",
+                "robotok-record-corrections",
                 "--env",
                 TASKS[t],
                 "--episodes",

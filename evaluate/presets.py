@@ -112,7 +112,7 @@ class Preset:
     label: Literal["intended", "executed"] = "intended"
     # decay of the weight average that the checkpoint holds (robotok-train --ema; 0: the last weights)
     ema: float = 0.0
-    # per task: episodes of corrections (robotok-record --policy, the ``correct`` stage). The policy trained on the
+    # per task: episodes of corrections (robotok-record-corrections, the ``correct`` stage). The policy trained on the
     # demonstrations for train_steps drives the first 1..handover[task] steps of each, the expert labels every
     # step and finishes; then training goes on from that policy for correction_steps on the demonstrations plus
     # the corrections (robotok-train --init). Empty: no correct stage, the train stage's policy is final.

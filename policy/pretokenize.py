@@ -54,7 +54,7 @@ class PretokenizeConfig:
     dataset: tuple[str, ...] = ()
     """LeRobot v3 dataset directories (one per task/robot), e.g. runs/demo/data/pick_cup runs/demo/data/drive.
     ``A+B`` reads several directories of one robot as one dataset (demonstrations + corrections from
-    robotok-record --policy): the first one's states set the normalisation."""
+    robotok-record-corrections --policy): the first one's states set the normalisation."""
     action_tokenizer: tuple[str, ...] = ()
     """Fitted action tokenizer directories: one per dataset (disjoint id ranges), or one shared by all."""
     video_tokenizer: str = "runs/demo/tokenizers/video"

@@ -96,7 +96,7 @@ class TrainConfig:
     init: Path | None = None
     """Start from the weights of this checkpoint (its model.safetensors) instead of a fresh initialisation, with a
     new optimizer and schedule: e.g. to go on training a policy on its demonstrations plus the corrections that
-    robotok-record --policy recorded of it. The shards must be in the checkpoint's token space."""
+    robotok-record-corrections --policy recorded of it. The shards must be in the checkpoint's token space."""
     stop_at: int = 0
     """Stop (with a checkpoint) after this step, e.g. to split a run over time-limited jobs (0: run to --steps)."""
     fsdp: bool = False

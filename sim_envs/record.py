@@ -13,12 +13,13 @@ episodes, encoding each episode into its own data and video files as soon as it 
 assembles the parts (renumbering files, no re-encoding) and writes meta/. The dataset's episodes are
 worker 0's, then worker 1's, ...; ``meta/recording.json`` lists each episode's seed.
 
-``--policy CKPT`` records corrections of a trained policy (DAgger-style, Ross et al. 2011): in each episode the
-policy drives for its first K steps (K drawn from 1..``--handover`` by the seed) and the expert, walked along the
-same states, labels every step with what it would command there; then the expert takes over and finishes. The
-states are the policy's own mistakes, the labels say how to get out of them, and the episode still ends where a
-demonstration ends (lifted cup, route done), which is what ``robotok-pretokenize --goal`` reads as its goal.
-``action.executed`` holds what was executed (the policy's actions, then the expert's).
+``record(cfg, make_actor)`` records corrections of an actor (DAgger-style, Ross et al. 2011; the trained policy of
+``robotok-record-corrections``, which owns the torch side): in each episode the actor drives for its first K steps
+(K drawn from 1..``handover`` by the seed) and the expert, walked along the same states, labels every step with
+what it would command there; then the expert takes over and finishes. The states are the actor's own mistakes,
+the labels say how to get out of them, and the episode still ends where a demonstration ends (lifted cup, route
+done), which is what ``robotok-pretokenize --goal`` reads as its goal. ``action.executed`` holds what was
+executed (the actor's actions, then the expert's).
 
 ``--every-target`` records each scene once per candidate target (each cup of a PickCup scene named in turn,
 each Drive route), so the dataset holds the same first frames under different prompts with different
@@ -91,12 +92,8 @@ class RecordConfig:
     """record each seed once per candidate target of its scene (each cup named, each route), not once."""
     max_attempts_per_episode: float = 3.0
     """give up once a worker has tried this many seeds per episode of its share (expert failing a lot)."""
-    policy: Path | None = None
-    """a checkpoint of robotok-train: it drives the first steps of each episode, the expert labels them (the
-    module docstring); trained on these episodes and the demonstrations, a policy learns to recover from
-    where it goes wrong itself."""
     handover: int = 80
-    """with --policy: the policy drives for the first K steps, K drawn uniformly from 1..handover per seed."""
+    """with an actor (robotok-record-corrections): it drives the first K steps, K uniform in 1..handover per seed."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 1:
@@ -112,10 +109,6 @@ class RecordConfig:
         json_object("env_kwargs", self.env_kwargs)
         if self.handover < 1:
             raise ValueError(f"handover={self.handover}: the policy drives for at least 1 step")
-        if self.policy is not None and self.label == "executed":
-            raise ValueError("--policy records the expert's labels of the policy's steps: drop --label executed")
-        if self.policy is not None and self.every_target:
-            raise ValueError("--policy records corrections of one prompt per scene: drop --every-target")
         if self.out is None:
             self.out = Path("data") / self.env.split("/")[-1].split("-v")[0].lower()
 
@@ -176,18 +169,19 @@ def features_of(episode: dict[str, np.ndarray]) -> dict[str, dict[str, Any]]:
     return feats
 
 
-def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, report: Callable[[tuple], None]) -> dict:
-    """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest."""
+def record_part(
+    cfg: RecordConfig,
+    worker: int,
+    quota: int,
+    part_dir: str,
+    report: Callable[[tuple], None],
+    make_actor: Callable[[], Any] | None = None,
+) -> dict:
+    """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest. ``make_actor``
+    (picklable) builds, in the worker, the actor whose corrections are recorded."""
     env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **json_object("env_kwargs", cfg.env_kwargs))
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
-    actor = None
-    if cfg.policy is not None:
-        import torch
-
-        from robotok.policy import Policy
-
-        torch.set_num_threads(1)  # one core per worker
-        actor = Policy.from_checkpoint(cfg.policy)
+    actor = make_actor() if make_actor is not None else None
     writer: LeRobotDatasetWriter | None = None
     seeds, attempts, successes, k = [], 0, 0, 0
     max_attempts = int(np.ceil(cfg.max_attempts_per_episode * quota)) if not cfg.keep_failed else quota
@@ -227,23 +221,24 @@ def record_part(cfg: RecordConfig, worker: int, quota: int, part_dir: str, repor
     return {"manifest": manifest, "seeds": seeds, "attempts": attempts, "successes": successes}
 
 
-def _process_main(cfg: RecordConfig, worker: int, quota: int, part_dir: str, q: Any) -> None:
+def _process_main(cfg: RecordConfig, worker: int, quota: int, part_dir: str, q: Any, make_actor: Any) -> None:
     try:
-        q.put(("done", worker, record_part(cfg, worker, quota, part_dir, q.put)))
+        q.put(("done", worker, record_part(cfg, worker, quota, part_dir, q.put, make_actor)))
     except BaseException as exc:  # the parent reports it and cleans up
         q.put(("error", worker, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def record(cfg: RecordConfig) -> dict[str, Any]:
-    """Record, assemble and return a summary; the dataset appears at ``cfg.out`` only when complete."""
+def record(cfg: RecordConfig, make_actor: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Record, assemble and return a summary; the dataset appears at ``cfg.out`` only when complete. With
+    ``make_actor`` (picklable; its ``str`` names it in ``meta/recording.json``) record its corrections (the module
+    docstring)."""
+    if make_actor is not None and cfg.label == "executed":
+        raise ValueError("corrections store the expert's labels of the actor's steps: drop --label executed")
+    if make_actor is not None and cfg.every_target:
+        raise ValueError("corrections are recorded for one prompt per scene: drop --every-target")
     out = Path(cfg.out)
     if out.exists():
         raise SystemExit(f"robotok-record: error: {out} already exists; choose another --out or remove it")
-    if cfg.policy is not None and not (Path(cfg.policy) / "model.safetensors").is_file():
-        raise SystemExit(
-            f"robotok-record: error: --policy {cfg.policy} is not a checkpoint directory (no model.safetensors); "
-            "point it at the output of robotok-train"
-        )
     if cfg.env not in gym.registry:
         known = ", ".join(k for k in gym.registry if k.startswith("robotok/"))
         raise SystemExit(f"robotok-record: error: unknown env id {cfg.env!r}; use one of: {known}")
@@ -269,12 +264,12 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
     try:
         parts = [str(workdir / f".part-{w:03d}") for w in range(workers)]
         if workers == 1:
-            results[0] = record_part(cfg, 0, quotas[0], parts[0], on_report)
+            results[0] = record_part(cfg, 0, quotas[0], parts[0], on_report, make_actor)
         else:
             ctx = mp.get_context("spawn")  # a fork after a GL context exists hangs
             q = ctx.Queue()
             procs = [
-                ctx.Process(target=_process_main, args=(cfg, w, quotas[w], parts[w], q), daemon=True)
+                ctx.Process(target=_process_main, args=(cfg, w, quotas[w], parts[w], q, make_actor), daemon=True)
                 for w in range(workers)
             ]
             for p in procs:
@@ -312,8 +307,8 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
             "workers": workers,
             "keep_failed": cfg.keep_failed,
             "every_target": cfg.every_target,
-            "policy": None if cfg.policy is None else str(cfg.policy),
-            "handover": cfg.handover if cfg.policy is not None else None,
+            "policy": None if make_actor is None else str(make_actor),
+            "handover": cfg.handover if make_actor is not None else None,
             "env_kwargs": json_object("env_kwargs", cfg.env_kwargs),
             "attempts": stats["attempts"],
             "expert_successes": stats["successes"],
@@ -345,10 +340,19 @@ def record(cfg: RecordConfig) -> dict[str, Any]:
 
 
 def main() -> None:
-    cfg = tyro.cli(RecordConfig)  # tyro reports a __post_init__ ValueError as a usage error
-    # `kill` (SIGTERM) unwinds like Ctrl-C: workers stop and the temporary directory is removed.
+    summarize(record(cli(RecordConfig)))
+
+
+def cli(config: type) -> Any:
+    """Parse a recording config from the command line (tyro reports a __post_init__ ValueError as a usage error);
+    `kill` (SIGTERM) then unwinds like Ctrl-C: workers stop and the temporary directory is removed."""
+    cfg = tyro.cli(config)
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    s = record(cfg)
+    return cfg
+
+
+def summarize(s: dict[str, Any]) -> None:
+    """Print ``record``'s summary."""
     short = "" if s["episodes"] == s["requested"] else f" (of {s['requested']} requested: the expert failed too often)"
     print(
         f"robotok-record: {s['episodes']} episodes{short}, {s['frames']} frames -> {s['out']} "

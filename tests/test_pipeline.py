@@ -127,7 +127,7 @@ def test_eval_reports_have_the_keys(smoke_run):
 
 @pytest.mark.slow
 def test_the_correct_stage_goes_on_from_the_policy_with_its_corrections(smoke_run):
-    """The smoke run's correct stage: robotok-record --policy recorded the first policy's own states with the
+    """The smoke run's correct stage: robotok-record-corrections recorded the first policy's own states with the
     expert's labels, the demonstrations + corrections were pre-tokenised in the first shards' token space, and
     the final policy was trained from the first one (its first loss is the trained model's, not chance)."""
     import robotok.sim_envs
@@ -232,7 +232,7 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
     train = commands("train", tmp_path, p)[0]
     assert train[train.index("--out") + 1] == first and train[train.index("--steps") + 1] == str(p.train_steps)
     corr = commands("correct", tmp_path, p)
-    assert [c[0] for c in corr] == ["robotok-record", "robotok-record", "robotok-pretokenize", "robotok-train"]
+    assert [c[0] for c in corr] == [*["robotok-record-corrections"] * 2, "robotok-pretokenize", "robotok-train"]
     for c, t in zip(corr[:2], ("pickcup", "drive"), strict=True):
         assert c[c.index("--policy") + 1] == first and c[c.index("--handover") + 1] == str(p.handover[t])
         assert c[c.index("--out") + 1] == str(tmp_path / "data" / f"{t}_corrections")

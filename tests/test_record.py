@@ -176,10 +176,14 @@ def test_bad_input_is_one_line_error(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main()
     assert "episodes=0, workers=1: both must be >= 1" in capsys.readouterr().err
+    from robotok.evaluate.corrections import CorrectionsConfig, record_corrections
+
     with pytest.raises(SystemExit, match="is not a checkpoint directory"):
-        record(RecordConfig(episodes=1, out=tmp_path / "w", policy=tmp_path / "taken"))
+        record_corrections(CorrectionsConfig(episodes=1, out=tmp_path / "w", policy=tmp_path / "taken"))
+    with pytest.raises(SystemExit, match="drop --label executed"):
+        record_corrections(CorrectionsConfig(episodes=1, out=tmp_path / "w", policy=tmp_path, label="executed"))
     with pytest.raises(ValueError, match="drop --label executed"):
-        RecordConfig(episodes=1, out=tmp_path / "w", policy=tmp_path / "taken", label="executed")
+        record(RecordConfig(episodes=1, out=tmp_path / "w", label="executed"), make_actor=Stray)
     with pytest.raises(ValueError, match="--env-kwargs must be a JSON object"):
         RecordConfig(episodes=1, out=tmp_path / "z", env_kwargs="[1]")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]  # nothing half-written left behind
