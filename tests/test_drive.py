@@ -100,6 +100,32 @@ def test_expert_succeeds_on_every_route(noise: float) -> None:
     assert all(steps <= 250 for *_, steps in results), results  # short episodes
 
 
+@pytest.mark.parametrize("past", [1.0, 2.5])
+def test_expert_backs_up_to_a_stop_goal_it_was_driven_past(past: float) -> None:
+    """A car driven on past the stop region (a policy that braked late) is not lost: the expert brakes, backs up
+    with the wheels straight and stops inside the region, on every approach shape."""
+    env = gym.make("robotok/Drive-v0", cameras=())
+    for k in range(6):
+        obs, _ = env.reset(seed=300 + k, options={"route": "stop"})
+        car, expert = env.unwrapped, make_expert(env)
+        for _ in range(200):  # steered by pure pursuit at a steady 2 m/s, never braking
+            steer, s_centre = expert.pursuit()
+            obs, _, term, _, info = env.step(np.array([steer / 0.6, 2.0 / 6.0], dtype=np.float32))
+            assert not term, info
+            if s_centre > car.path.s_goal + 1.1 + past:  # the region ends 1.1 m past its middle (the goal)
+                break
+        assert s_centre > car.path.s_goal + 1.1 + past and info["goal_region"] == "", (k, s_centre, info)
+        speeds: list[float] = []
+
+        def act(o: dict, speeds: list[float] = speeds, car=car, expert=expert) -> np.ndarray:
+            speeds.append(car.car_speed())
+            return expert(o)
+
+        info, steps = run_episode(env, act)
+        assert info["is_success"] and info["goal_region"] == "stop", (k, info, steps)
+        assert min(speeds) < -0.3 and steps < 150, (k, min(speeds), steps)
+
+
 def test_expert_keeps_clear_of_every_obstacle() -> None:
     """The cones stand on the road edge, clear of a car in its lane: the clean expert passes each obstacle with
     at least 0.2 m to spare (with the cones 0.2 m inside the edge it scraped the red cone on bent approaches)."""
