@@ -63,7 +63,7 @@ def _plot_training(rows: list[dict[str, Any]], path: Path) -> bool:
 
 
 def _stage_rows(log: dict[str, Any]) -> list[list[str]]:
-    from robotok.evaluate.pipeline import STAGES
+    from robotok.evaluate.pipeline_commands import STAGES
 
     rows = []
     for s in STAGES:

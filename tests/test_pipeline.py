@@ -9,7 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from robotok.evaluate.pipeline import STAGES, PipelineConfig, commands, done_files, run, stage_state
+from robotok.evaluate.pipeline import PipelineConfig, run, stage_state
+from robotok.evaluate.pipeline_commands import STAGES, commands, done_files
 from robotok.evaluate.presets import PRESETS
 
 
@@ -132,7 +133,7 @@ def test_the_correct_stage_goes_on_from_the_policy_with_its_corrections(smoke_ru
     the final policy was trained from the first one (its first loss is the trained model's, not chance)."""
     import robotok.sim_envs
     from robotok.datasets.lerobot_v3 import LeRobotDataset
-    from robotok.evaluate.pipeline import train_dir
+    from robotok.evaluate.pipeline_commands import train_dir
     from robotok.evaluate.presets import TASKS
     from robotok.policy.shards import TokenShards
     from robotok.sim_envs.record import handover_step
@@ -224,7 +225,7 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
     """With corrections the train stage writes policy_demos/, the correct stage records that policy's
     corrections, pre-tokenises demonstrations+corrections and trains policy/ from it; without, policy/ is the
     train stage's and the correct stage has nothing to do."""
-    from robotok.evaluate.pipeline import train_dir
+    from robotok.evaluate.pipeline_commands import train_dir
 
     p = PRESETS["cpu"]
     assert p.corrections and train_dir(tmp_path, p) == tmp_path / "policy_demos"
