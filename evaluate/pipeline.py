@@ -19,9 +19,10 @@ video          robotok-train-video-tokenizer                   tokenizers/video/
 pretokenize    robotok-pretokenize                             shards/ (meta.json)
 train          robotok-train                                   policy/ (config.json at the last step),
                                                                policy_demos/ when the preset corrects
-correct        robotok-record-corrections (per task),          data/<task>_corrections/ (meta/info.json),
-               robotok-pretokenize (demos+corrections),        shards_corrections/ (meta.json),
-               robotok-train --init policy_demos/              policy/ (config.json at the last step)
+correct        per round: robotok-record-corrections           data/<task>_corrections[<r>]/ (meta/info.json),
+               (per task), robotok-pretokenize (demos +        shards_corrections[<r>]/ (meta.json),
+               corrections so far), robotok-train --init       policy_corrections[<r>]/, the last round policy/
+               (the previous round's policy or policy_demos/)  (config.json at the last step)
 eval           robotok-eval (policy, --prompt-sweep, expert)   eval/, eval/sweep/, eval/expert/
 report         (this module)                                   report.md, pipeline.json, plots/
 =============  ==============================================  =================================
@@ -56,6 +57,7 @@ from robotok.evaluate.pipeline_commands import (
     STAGES,
     commands,
     corrected_tasks,
+    correction_rounds,
     done_files,
     output_dirs,
     train_dir,
@@ -132,7 +134,7 @@ def stage_state(stage: str, out: Path, p: Preset) -> str:
         if train_step_done(train_dir(out, p)) >= p.train_steps:
             return "done"
         return "resume" if (train_dir(out, p) / "train_state.pt").is_file() else "todo"
-    if stage == "correct" and train_step_done(out / "policy") < p.correction_steps:
+    if stage == "correct" and any(train_step_done(r.policy) < p.correction_steps for r in correction_rounds(out, p)):
         return "todo"
     return "done" if own is not None and own >= newest_input else "todo"
 
@@ -211,8 +213,9 @@ def run(cfg: PipelineConfig) -> dict:
         if stage in ("record", "correct") and stage not in forced:  # keep a task's finished recording
             done = [f.is_file() for f in done_files(stage, out, p)]
             if stage == "correct":  # an unfinished --init run starts again; what follows a redone step redoes
-                done[-1] = train_step_done(out / "policy") >= p.correction_steps
-                n = len(corrected_tasks(p))
+                n = len(corrected_tasks(p))  # each round: n recordings, pretokenize, train
+                for k, rnd in enumerate(correction_rounds(out, p)):
+                    done[(k + 1) * (n + 2) - 1] = train_step_done(rnd.policy) >= p.correction_steps
                 done = [x if i < n else x and all(done[:i]) for i, x in enumerate(done)]
             todo = [i for i, x in enumerate(done) if not x] or list(range(len(cmds)))
             cmds, dirs = [cmds[i] for i in todo], [dirs[i] for i in todo]

@@ -7,12 +7,43 @@ would type, ``done_files`` the files that mark a stage complete, ``output_dirs``
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from robotok.evaluate.presets import EVAL_SEED_START, TASKS, Preset
 
 STAGES = ("record", "fit", "video", "pretokenize", "train", "correct", "eval", "report")
 CORRECTION_SEED_START = 50_000  # corrections: scenes the demonstrations (seeds from 0) and evaluation do not use
+CORRECTION_ROUND_SEEDS = 10_000  # round r records from CORRECTION_SEED_START + (r - 1) * this
+
+
+@dataclass(frozen=True)
+class CorrectionRound:
+    """One round of the correct stage: corrections of ``init``'s policy, the shards of the demonstrations plus
+    every round's corrections so far, and ``policy``, trained on them from ``init``."""
+
+    index: int  # 1-based
+    init: Path
+    data: dict[str, Path]  # corrected task -> this round's recording
+    shards: Path
+    policy: Path
+    seed_start: int
+
+
+def correction_rounds(out: Path, p: Preset) -> list[CorrectionRound]:
+    """The rounds of the correct stage (none without ``Preset.corrections``). Round 1 writes
+    ``data/<task>_corrections/`` and ``shards_corrections/``, round r > 1 the same names ending in r; every round
+    but the last trains ``policy_corrections[r]/``, the last ``policy/``."""
+    rounds: list[CorrectionRound] = []
+    init = train_dir(out, p)
+    for r in range(1, p.correction_rounds + 1 if corrected_tasks(p) else 1):
+        end = "" if r == 1 else str(r)
+        policy = out / ("policy" if r == p.correction_rounds else f"policy_corrections{end}")
+        data = {t: out / "data" / f"{t}_corrections{end}" for t in corrected_tasks(p)}
+        seeds = CORRECTION_SEED_START + (r - 1) * CORRECTION_ROUND_SEEDS
+        rounds.append(CorrectionRound(r, init, data, out / f"shards_corrections{end}", policy, seeds))
+        init = policy
+    return rounds
 
 
 def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
@@ -105,43 +136,44 @@ def commands(stage: str, out: Path, p: Preset) -> list[list[str]]:
     if stage == "train":
         return [_train(p, shards, str(train_dir(out, p)), p.train_steps, p.lr, p.warmup)]
     if stage == "correct":
-        if not corrected_tasks(p):
-            return []
-        first, grouped = str(train_dir(out, p)), []
-        for t in TASKS:
-            grouped.append(f"{d[t]}+{out / 'data' / f'{t}_corrections'}" if t in corrected_tasks(p) else d[t])
-        return [
-            [
-                "robotok-record-corrections",
-                "--env",
-                TASKS[t],
-                "--episodes",
-                str(p.corrections[t]),
-                "--out",
-                str(out / "data" / f"{t}_corrections"),
-                "--workers",
-                str(p.record_workers),
-                "--noise",
-                str(p.noise),
-                "--seed-start",
-                str(CORRECTION_SEED_START),
-                *size,
-                "--policy",
-                first,
-                "--handover",
-                str(p.handover[t]),
+        cmds: list[list[str]] = []
+        rounds = correction_rounds(out, p)
+        for k, rnd in enumerate(rounds):
+            cmds += [
+                [
+                    "robotok-record-corrections",
+                    "--env",
+                    TASKS[t],
+                    "--episodes",
+                    str(p.corrections[t]),
+                    "--out",
+                    str(path),
+                    "--workers",
+                    str(p.record_workers),
+                    "--noise",
+                    str(p.noise),
+                    "--seed-start",
+                    str(rnd.seed_start),
+                    *size,
+                    "--policy",
+                    str(rnd.init),
+                    "--handover",
+                    str(p.handover[t]),
+                ]
+                for t, path in rnd.data.items()
             ]
-            for t in corrected_tasks(p)
-        ] + [
-            _pretokenize(out, p, grouped, str(out / "shards_corrections")),
-            [
-                *_train(
-                    p, str(out / "shards_corrections"), pol, p.correction_steps, p.correction_lr, p.correction_warmup
-                ),
-                "--init",
-                first,
-            ],
-        ]
+            grouped = ["+".join([d[t], *(str(q.data[t]) for q in rounds[: k + 1] if t in q.data)]) for t in TASKS]
+            cmds += [
+                _pretokenize(out, p, grouped, str(rnd.shards)),
+                [
+                    *_train(
+                        p, str(rnd.shards), str(rnd.policy), p.correction_steps, p.correction_lr, p.correction_warmup
+                    ),
+                    "--init",
+                    str(rnd.init),
+                ],
+            ]
+        return cmds
     if stage == "eval":
         envs = [a for env in TASKS.values() for a in ("--env", env)]
         common = [
@@ -309,8 +341,12 @@ def done_files(stage: str, out: Path, p: Preset) -> list[Path]:
         "video": [out / "tokenizers" / "video" / "eval.json"],
         "pretokenize": [out / "shards" / "meta.json"],
         "train": [train_dir(out, p) / "config.json"],
-        "correct": [out / "data" / f"{t}_corrections" / "meta" / "info.json" for t in corrected_tasks(p)]
-        + ([out / "shards_corrections" / "meta.json", out / "policy" / "config.json"] if corrected_tasks(p) else []),
+        "correct": [
+            f
+            for rnd in correction_rounds(out, p)
+            for f in [*(d / "meta" / "info.json" for d in rnd.data.values()), rnd.shards / "meta.json"]
+            + [rnd.policy / "config.json"]
+        ],
         "eval": [
             out / "eval" / "report.json",
             out / "eval" / "sweep" / "report.json",
@@ -328,8 +364,7 @@ def output_dirs(stage: str, out: Path, p: Preset) -> list[Path]:
         "video": [out / "tokenizers" / "video"],
         "pretokenize": [out / "shards"],
         "train": [train_dir(out, p)],
-        "correct": [out / "data" / f"{t}_corrections" for t in corrected_tasks(p)]
-        + ([out / "shards_corrections", out / "policy"] if corrected_tasks(p) else []),
+        "correct": [d for rnd in correction_rounds(out, p) for d in [*rnd.data.values(), rnd.shards, rnd.policy]],
         "eval": [out / "eval"],
         "report": [],
     }[stage]

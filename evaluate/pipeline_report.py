@@ -169,15 +169,19 @@ def _train_section(out: Path) -> list[str]:
     )
     first = _json(out / "policy_demos" / "config.json")
     if tr.get("init") and first is not None:
-        corr = {
-            t.name.removesuffix("_corrections"): len((_json(t / "meta" / "recording.json") or {}).get("episodes", []))
-            for t in sorted((out / "data").glob("*_corrections"))
-        }
+        rounds: dict[str, dict[str, int]] = {}  # round suffix ("" for the first) -> task -> episodes
+        for d in sorted((out / "data").glob("*_corrections*")):
+            task, _, end = d.name.partition("_corrections")
+            rounds.setdefault(end, {})[task] = len((_json(d / "meta" / "recording.json") or {}).get("episodes", []))
         text += (
-            f", going on from `policy_demos/` ({first['step']} steps on the demonstrations alone) on the "
-            "demonstrations plus corrections of that policy ("
-            + ", ".join(f"{n} {t} episodes" for t, n in corr.items())
-            + ": it drove, the expert labelled each step and finished)"
+            f", going on from `policy_demos/` ({first['step']} steps on the demonstrations alone) in "
+            f"{len(rounds)} round(s) of corrections ("
+            + "; ".join(
+                ", ".join(f"{n} {t}" for t, n in tasks.items()) + " episodes"
+                for _, tasks in sorted(rounds.items(), key=lambda kv: int(kv[0] or 1))
+            )
+            + "): in each the last policy drove, the expert labelled each step and finished, and training went on "
+            f"for {tr['steps']} steps on the demonstrations plus every round's corrections so far"
         )
     if last_train:
         text += f"; final train/loss {last_train['train/loss']:.4f}"

@@ -117,6 +117,9 @@ class Preset:
     # step and finishes; then training goes on from that policy for correction_steps on the demonstrations plus
     # the corrections (robotok-train --init). Empty: no correct stage, the train stage's policy is final.
     corrections: dict[str, int] = field(default_factory=dict)
+    # rounds of that (DAgger): round r records the corrections of round r-1's policy (in scenes of its own) and goes
+    # on from it on the demonstrations plus every round's corrections so far
+    correction_rounds: int = 1
     handover: dict[str, int] = field(default_factory=lambda: {"pickcup": 80, "drive": 300})
     correction_steps: int = 500
     correction_lr: float = 3e-4
@@ -130,6 +133,8 @@ class Preset:
                 "keypoints read each frame's cameras from the first (override both, e.g. cameras=front "
                 "scene_cameras=front)"
             )
+        if self.correction_rounds < 1:
+            raise ValueError(f"correction_rounds {self.correction_rounds}: at least 1 (corrections={{}}: none)")
         if any(n > 0 and self.handover.get(t, 0) < 1 for t, n in self.corrections.items()):
             raise ValueError(
                 f"corrections {self.corrections}: give each corrected task a handover >= 1 (handover {self.handover})"
@@ -173,6 +178,7 @@ _CPU = Preset(
     prompt_context=True,
     ema=0.995,  # the last ~200 steps, where the cosine is near its floor
     corrections={"pickcup": 250, "drive": 100},
+    correction_rounds=2,
 )
 # The other presets differ from the cpu one only where written: same chunking and tokenizers everywhere.
 PRESETS: dict[str, Preset] = {
@@ -215,6 +221,7 @@ PRESETS: dict[str, Preset] = {
         warmup=2,
         corrections={"pickcup": 1, "drive": 1},
         handover={"pickcup": 5, "drive": 5},
+        correction_rounds=2,
         correction_steps=3,
         correction_warmup=1,
         eval_episodes=1,

@@ -128,12 +128,13 @@ def test_eval_reports_have_the_keys(smoke_run):
 
 @pytest.mark.slow
 def test_the_correct_stage_goes_on_from_the_policy_with_its_corrections(smoke_run):
-    """The smoke run's correct stage: robotok-record-corrections recorded the first policy's own states with the
-    expert's labels, the demonstrations + corrections were pre-tokenised in the first shards' token space, and
-    the final policy was trained from the first one (its first loss is the trained model's, not chance)."""
+    """The smoke run's correct stage, two rounds: robotok-record-corrections recorded the last policy's own states
+    with the expert's labels, the demonstrations + corrections so far were pre-tokenised in the first shards'
+    token space, and each policy was trained from the one before (its first loss is the trained model's, not
+    chance)."""
     import robotok.sim_envs
     from robotok.datasets.lerobot_v3 import LeRobotDataset
-    from robotok.evaluate.pipeline_commands import train_dir
+    from robotok.evaluate.pipeline_commands import correction_rounds, train_dir
     from robotok.evaluate.presets import TASKS
     from robotok.policy.shards import TokenShards
     from robotok.sim_envs.record import handover_step
@@ -141,32 +142,32 @@ def test_the_correct_stage_goes_on_from_the_policy_with_its_corrections(smoke_ru
     out, log = smoke_run
     p = PRESETS["smoke"]
     first = train_dir(out, p)
+    rounds = correction_rounds(out, p)
     assert first == out / "policy_demos" and not log["stages"]["correct"]["skipped"]
-    for t, n in p.corrections.items():
-        corr = out / "data" / f"{t}_corrections"
-        rec = json.loads((corr / "meta/recording.json").read_text())
-        assert rec["policy"] == str(first) and len(rec["episodes"]) == n
-        ep = LeRobotDataset(corr).episode(0, load_images=False)
-        assert handover_step(rec["episodes"][0]["seed"], p.handover[t]) >= 1
-        env = gym.make(TASKS[t], width=p.image_size, height=p.image_size)
-        obs, _ = env.reset(seed=rec["episodes"][0]["seed"])
-        want, noisy = robotok.sim_envs.make_expert(env, noise=p.noise).act(obs)
-        np.testing.assert_array_equal(ep["action"][0], want)  # the expert labelled the first step ...
-        assert np.abs(ep["action.executed"][0] - noisy).max() > 1e-3  # ... which it did not drive: the policy did
-        env.close()
-    before, after = TokenShards(out / "shards"), TokenShards(out / "shards_corrections")
-    steps = sum(
-        -(-int(n) // p.stride[t])
-        for t in p.corrections
-        for n in LeRobotDataset(out / "data" / f"{t}_corrections").episode_lengths
-    )
-    assert len(after) == len(before) + steps
-    assert (out / "shards/token_space.json").read_text() == (out / "shards_corrections/token_space.json").read_text()
-    final = json.loads((out / "policy/config.json").read_text())
-    assert final["step"] == p.correction_steps and final["train"]["init"] == str(first)
-    logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (first, out / "policy")]
-    chance, end, again = np.log(final["model"]["vocab_size"]), logs[0][-1]["train/loss"], logs[1][0]["train/loss"]
-    assert again < chance - 0.8 and abs(again - end) < 0.5, (chance, end, again)  # where the first run ended
+    assert len(rounds) == p.correction_rounds == 2 and rounds[-1].policy == out / "policy"
+    before, steps = TokenShards(out / "shards"), 0
+    for rnd in rounds:
+        for t, corr in rnd.data.items():
+            rec = json.loads((corr / "meta/recording.json").read_text())
+            assert rec["policy"] == str(rnd.init) and len(rec["episodes"]) == p.corrections[t]
+            assert rec["episodes"][0]["seed"] >= rnd.seed_start
+            ep = LeRobotDataset(corr).episode(0, load_images=False)
+            assert handover_step(rec["episodes"][0]["seed"], p.handover[t]) >= 1
+            env = gym.make(TASKS[t], width=p.image_size, height=p.image_size)
+            obs, _ = env.reset(seed=rec["episodes"][0]["seed"])
+            want, noisy = robotok.sim_envs.make_expert(env, noise=p.noise).act(obs)
+            np.testing.assert_array_equal(ep["action"][0], want)  # the expert labelled the first step ...
+            assert np.abs(ep["action.executed"][0] - noisy).max() > 1e-3  # ... which it did not drive: the policy did
+            env.close()
+            steps += sum(-(-int(n) // p.stride[t]) for n in LeRobotDataset(corr).episode_lengths)
+        after = TokenShards(rnd.shards)
+        assert len(after) == len(before) + steps  # the demonstrations and every round's corrections so far
+        assert (out / "shards/token_space.json").read_text() == (rnd.shards / "token_space.json").read_text()
+        cfg = json.loads((rnd.policy / "config.json").read_text())
+        assert cfg["step"] == p.correction_steps and cfg["train"]["init"] == str(rnd.init)
+        logs = [[json.loads(x) for x in (d / "log.jsonl").read_text().splitlines()] for d in (rnd.init, rnd.policy)]
+        chance, end, again = np.log(cfg["model"]["vocab_size"]), logs[0][-1]["train/loss"], logs[1][0]["train/loss"]
+        assert again < chance - 0.8 and abs(again - end) < 0.5, (chance, end, again)  # where the last run ended
 
 
 @pytest.mark.slow
@@ -222,34 +223,48 @@ def test_commands_are_what_a_user_types(tmp_path):
 
 
 def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
-    """With corrections the train stage writes policy_demos/, the correct stage records that policy's
-    corrections, pre-tokenises demonstrations+corrections and trains policy/ from it; without, policy/ is the
-    train stage's and the correct stage has nothing to do."""
-    from robotok.evaluate.pipeline_commands import train_dir
+    """With corrections the train stage writes policy_demos/; each round of the correct stage records the last
+    policy's corrections in scenes of its own, pre-tokenises the demonstrations plus every round's corrections so
+    far and trains from the last policy, the last round into policy/; without, policy/ is the train stage's and
+    the correct stage has nothing to do."""
+    from robotok.evaluate.pipeline_commands import CORRECTION_SEED_START, correction_rounds, train_dir
 
     p = PRESETS["cpu"]
-    assert p.corrections and train_dir(tmp_path, p) == tmp_path / "policy_demos"
-    first = str(tmp_path / "policy_demos")
+    assert p.corrections and p.correction_rounds == 2 and train_dir(tmp_path, p) == tmp_path / "policy_demos"
+    first, middle, final = (str(tmp_path / x) for x in ("policy_demos", "policy_corrections", "policy"))
     train = commands("train", tmp_path, p)[0]
     assert train[train.index("--out") + 1] == first and train[train.index("--steps") + 1] == str(p.train_steps)
     corr = commands("correct", tmp_path, p)
-    assert [c[0] for c in corr] == [*["robotok-record-corrections"] * 2, "robotok-pretokenize", "robotok-train"]
-    for c, t in zip(corr[:2], ("pickcup", "drive"), strict=True):
-        assert c[c.index("--policy") + 1] == first and c[c.index("--handover") + 1] == str(p.handover[t])
-        assert c[c.index("--out") + 1] == str(tmp_path / "data" / f"{t}_corrections")
-        assert c[c.index("--episodes") + 1] == str(p.corrections[t])
-    pre, plain = corr[2], commands("pretokenize", tmp_path, p)[0]
-    data = pre[pre.index("--dataset") + 1 : pre.index("--action-tokenizer")]
-    assert data == [f"{tmp_path / 'data' / t}+{tmp_path / 'data' / f'{t}_corrections'}" for t in ("pickcup", "drive")]
-    assert pre[pre.index("--action-tokenizer") :] == [
-        str(tmp_path / "shards_corrections") if x == str(tmp_path / "shards") else x
-        for x in plain[plain.index("--action-tokenizer") :]
-    ]  # the same tokenizers and settings: the same token space
-    tr = corr[3]
-    assert tr[tr.index("--init") + 1] == first and tr[tr.index("--out") + 1] == str(tmp_path / "policy")
-    assert tr[tr.index("--steps") + 1] == str(p.correction_steps) and tr[tr.index("--lr") + 1] == str(p.correction_lr)
-    assert tr[tr.index("--data") + 1] == str(tmp_path / "shards_corrections")
-    assert "--keypoint" in tr and "--prompt-context" in tr and len(tr) == len(train) + 2  # the same flags, + --init
+    one_round = [*["robotok-record-corrections"] * 2, "robotok-pretokenize", "robotok-train"]
+    assert [c[0] for c in corr] == one_round * 2
+    plain = commands("pretokenize", tmp_path, p)[0]
+    for r, (init, out, end) in enumerate(((first, middle, ""), (middle, final, "2"))):
+        rec, pre, tr = corr[4 * r : 4 * r + 2], corr[4 * r + 2], corr[4 * r + 3]
+        for c, t in zip(rec, ("pickcup", "drive"), strict=True):
+            assert c[c.index("--policy") + 1] == init and c[c.index("--handover") + 1] == str(p.handover[t])
+            assert c[c.index("--out") + 1] == str(tmp_path / "data" / f"{t}_corrections{end}")
+            assert c[c.index("--episodes") + 1] == str(p.corrections[t])
+            assert c[c.index("--seed-start") + 1] == str(CORRECTION_SEED_START + 10_000 * r)  # scenes of its own
+        data = pre[pre.index("--dataset") + 1 : pre.index("--action-tokenizer")]
+        rounds = [f"{tmp_path / 'data' / t}_corrections{e}" for t in ("pickcup", "drive") for e in ("", "2")[: r + 1]]
+        assert data == [
+            "+".join([str(tmp_path / "data" / t), *(x for x in rounds if f"/{t}_" in x)]) for t in ("pickcup", "drive")
+        ]
+        assert pre[pre.index("--action-tokenizer") :] == [
+            str(tmp_path / f"shards_corrections{end}") if x == str(tmp_path / "shards") else x
+            for x in plain[plain.index("--action-tokenizer") :]
+        ]  # the same tokenizers and settings: the same token space
+        assert tr[tr.index("--init") + 1] == init and tr[tr.index("--out") + 1] == out
+        assert tr[tr.index("--steps") + 1] == str(p.correction_steps)
+        assert tr[tr.index("--lr") + 1] == str(p.correction_lr)
+        assert tr[tr.index("--data") + 1] == str(tmp_path / f"shards_corrections{end}")
+        assert "--keypoint" in tr and "--prompt-context" in tr and len(tr) == len(train) + 2  # the same flags, + --init
+    assert done_files("correct", tmp_path, p)[-1] == tmp_path / "policy" / "config.json"
+    assert [r.policy for r in correction_rounds(tmp_path, p)] == [tmp_path / "policy_corrections", tmp_path / "policy"]
+    one = dataclasses.replace(p, correction_rounds=1)
+    assert [c[0] for c in commands("correct", tmp_path, one)] == one_round
+    tr = commands("correct", tmp_path, one)[3]
+    assert tr[tr.index("--init") + 1] == first and tr[tr.index("--out") + 1] == final
     off = dataclasses.replace(p, corrections={})
     assert train_dir(tmp_path, off) == tmp_path / "policy" and commands("correct", tmp_path, off) == []
     assert stage_state("correct", tmp_path, off) == "done" and done_files("correct", tmp_path, off) == []
@@ -258,6 +273,8 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
     assert pre[pre.index("--dataset") + 2] == str(tmp_path / "data" / "drive")  # Drive's demonstrations alone
     with pytest.raises(ValueError, match="handover"):
         dataclasses.replace(p, handover={"drive": 300})
+    with pytest.raises(ValueError, match="correction_rounds"):
+        dataclasses.replace(p, correction_rounds=0)
 
 
 def test_record_keeps_a_finished_task_and_dry_run_only_prints(tmp_path, capsys):
