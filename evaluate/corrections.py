@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from robotok.sim_envs.record import RecordConfig, cli, record, summarize
+from robotok.sim_envs.record import RecordConfig, check_corrections, cli, record, summarize
 
 
 @dataclass
@@ -25,6 +25,8 @@ class CorrectionsConfig(RecordConfig):
 
     policy: Path = Path("runs/demo/policy_demos")
     """checkpoint of robotok-train whose corrections to record: it drives the first steps of each episode."""
+    handover: int = 80
+    """it drives the first K steps of each episode, K uniform in 1..handover (drawn by the seed)."""
 
 
 @dataclass(frozen=True)
@@ -47,17 +49,16 @@ class CheckpointActor:
 
 def record_corrections(cfg: CorrectionsConfig) -> dict[str, Any]:
     """Record ``cfg.episodes`` corrections of ``cfg.policy``; returns ``record``'s summary."""
-    if cfg.label == "executed" or cfg.every_target:
-        raise SystemExit(
-            "robotok-record-corrections: error: corrections store the expert's labels of the policy's steps, one "
-            "prompt per scene: drop --label executed and --every-target"
-        )
+    try:
+        check_corrections(cfg, cfg.handover)
+    except ValueError as e:
+        raise SystemExit(f"robotok-record-corrections: error: {e}") from None
     if not (Path(cfg.policy) / "model.safetensors").is_file():
         raise SystemExit(
             f"robotok-record-corrections: error: --policy {cfg.policy} is not a checkpoint directory (no "
             "model.safetensors); point it at the output of robotok-train"
         )
-    return record(cfg, CheckpointActor(str(cfg.policy)))
+    return record(cfg, CheckpointActor(str(cfg.policy)), cfg.handover)
 
 
 def main() -> None:

@@ -34,9 +34,11 @@ def correction_rounds(out: Path, p: Preset) -> list[CorrectionRound]:
     """The rounds of the correct stage (none without ``Preset.corrections``). Round 1 writes
     ``data/<task>_corrections/`` and ``shards_corrections/``, round r > 1 the same names ending in r; every round
     but the last trains ``policy_corrections[r]/``, the last ``policy/``."""
+    if not corrected_tasks(p):
+        return []
     rounds: list[CorrectionRound] = []
     init = train_dir(out, p)
-    for r in range(1, p.correction_rounds + 1 if corrected_tasks(p) else 1):
+    for r in range(1, p.correction_rounds + 1):
         end = "" if r == 1 else str(r)
         policy = out / ("policy" if r == p.correction_rounds else f"policy_corrections{end}")
         data = {t: out / "data" / f"{t}_corrections{end}" for t in corrected_tasks(p)}

@@ -13,13 +13,13 @@ episodes, encoding each episode into its own data and video files as soon as it 
 assembles the parts (renumbering files, no re-encoding) and writes meta/. The dataset's episodes are
 worker 0's, then worker 1's, ...; ``meta/recording.json`` lists each episode's seed.
 
-``record(cfg, make_actor)`` records corrections of an actor (DAgger-style, Ross et al. 2011; the trained policy of
-``robotok-record-corrections``, which owns the torch side): in each episode the actor drives for its first K steps
-(K drawn from 1..``handover`` by the seed) and the expert, walked along the same states, labels every step with
-what it would command there; then the expert takes over and finishes. The states are the actor's own mistakes,
+``record(cfg, make_actor, handover)`` records corrections of an actor (DAgger-style, Ross et al. 2011; the trained
+policy of ``robotok-record-corrections``, which owns the torch side): in each episode the actor drives for its first
+K steps (K drawn from 1..``handover`` by the seed) and the expert, walked along the same states, labels every step
+with what it would command there; then the expert takes over and finishes. The states are the actor's own mistakes,
 the labels say how to get out of them, and the episode still ends where a demonstration ends (lifted cup, route
-done), which is what ``robotok-pretokenize --goal`` reads as its goal. ``action.executed`` holds what was
-executed (the actor's actions, then the expert's).
+done), which is what ``robotok-pretokenize --goal`` reads as its goal. ``action.executed`` holds what was executed
+(the actor's actions, then the expert's).
 
 ``--every-target`` records each scene once per candidate target (each cup of a PickCup scene named in turn,
 each Drive route), so the dataset holds the same first frames under different prompts with different
@@ -92,8 +92,6 @@ class RecordConfig:
     """record each seed once per candidate target of its scene (each cup named, each route), not once."""
     max_attempts_per_episode: float = 3.0
     """give up once a worker has tried this many seeds per episode of its share (expert failing a lot)."""
-    handover: int = 80
-    """with an actor (robotok-record-corrections): it drives the first K steps, K uniform in 1..handover per seed."""
 
     def __post_init__(self) -> None:
         if self.episodes < 1 or self.workers < 1:
@@ -107,10 +105,18 @@ class RecordConfig:
         if self.max_attempts_per_episode < 1:
             raise ValueError(f"max_attempts_per_episode={self.max_attempts_per_episode}: must be >= 1")
         json_object("env_kwargs", self.env_kwargs)
-        if self.handover < 1:
-            raise ValueError(f"handover={self.handover}: the policy drives for at least 1 step")
         if self.out is None:
             self.out = Path("data") / self.env.split("/")[-1].split("-v")[0].lower()
+
+
+def check_corrections(cfg: RecordConfig, handover: int) -> None:
+    """Refuse settings that corrections cannot have (``ValueError`` naming the fix)."""
+    if cfg.label == "executed":
+        raise ValueError("corrections store the expert's labels of the actor's steps: drop --label executed")
+    if cfg.every_target:
+        raise ValueError("corrections are recorded for one prompt per scene: drop --every-target")
+    if handover < 1:
+        raise ValueError(f"handover={handover}: the policy drives for at least 1 step")
 
 
 def handover_step(seed: int, handover: int) -> int:
@@ -176,9 +182,11 @@ def record_part(
     part_dir: str,
     report: Callable[[tuple], None],
     make_actor: Callable[[], Any] | None = None,
+    handover: int = 0,
 ) -> dict:
     """Worker body: record ``quota`` kept episodes into ``part_dir``; returns the part's manifest. ``make_actor``
-    (picklable) builds, in the worker, the actor whose corrections are recorded."""
+    (picklable) builds, in the worker, the actor whose corrections are recorded (it drives 1..``handover``
+    steps)."""
     env = gym.make(cfg.env, width=cfg.width, height=cfg.height, **json_object("env_kwargs", cfg.env_kwargs))
     fps = int(env.metadata.get("render_fps") or round(1 / env.unwrapped.dt))
     actor = make_actor() if make_actor is not None else None
@@ -198,7 +206,7 @@ def record_part(
                 if len(seeds) >= quota or attempts >= max_attempts:
                     break
                 episode, prompt, success = run_episode(
-                    env, seed, cfg.noise, options, cfg.label, actor, handover_step(seed, cfg.handover)
+                    env, seed, cfg.noise, options, cfg.label, actor, handover_step(seed, handover) if actor else 0
                 )
                 attempts += 1
                 successes += success
@@ -221,21 +229,21 @@ def record_part(
     return {"manifest": manifest, "seeds": seeds, "attempts": attempts, "successes": successes}
 
 
-def _process_main(cfg: RecordConfig, worker: int, quota: int, part_dir: str, q: Any, make_actor: Any) -> None:
+def _process_main(
+    cfg: RecordConfig, worker: int, quota: int, part_dir: str, q: Any, make_actor: Any, handover: int
+) -> None:
     try:
-        q.put(("done", worker, record_part(cfg, worker, quota, part_dir, q.put, make_actor)))
+        q.put(("done", worker, record_part(cfg, worker, quota, part_dir, q.put, make_actor, handover)))
     except BaseException as exc:  # the parent reports it and cleans up
         q.put(("error", worker, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
 
 
-def record(cfg: RecordConfig, make_actor: Callable[[], Any] | None = None) -> dict[str, Any]:
+def record(cfg: RecordConfig, make_actor: Callable[[], Any] | None = None, handover: int = 80) -> dict[str, Any]:
     """Record, assemble and return a summary; the dataset appears at ``cfg.out`` only when complete. With
     ``make_actor`` (picklable; its ``str`` names it in ``meta/recording.json``) record its corrections (the module
     docstring)."""
-    if make_actor is not None and cfg.label == "executed":
-        raise ValueError("corrections store the expert's labels of the actor's steps: drop --label executed")
-    if make_actor is not None and cfg.every_target:
-        raise ValueError("corrections are recorded for one prompt per scene: drop --every-target")
+    if make_actor is not None:
+        check_corrections(cfg, handover)
     out = Path(cfg.out)
     if out.exists():
         raise SystemExit(f"robotok-record: error: {out} already exists; choose another --out or remove it")
@@ -264,12 +272,14 @@ def record(cfg: RecordConfig, make_actor: Callable[[], Any] | None = None) -> di
     try:
         parts = [str(workdir / f".part-{w:03d}") for w in range(workers)]
         if workers == 1:
-            results[0] = record_part(cfg, 0, quotas[0], parts[0], on_report, make_actor)
+            results[0] = record_part(cfg, 0, quotas[0], parts[0], on_report, make_actor, handover)
         else:
             ctx = mp.get_context("spawn")  # a fork after a GL context exists hangs
             q = ctx.Queue()
             procs = [
-                ctx.Process(target=_process_main, args=(cfg, w, quotas[w], parts[w], q, make_actor), daemon=True)
+                ctx.Process(
+                    target=_process_main, args=(cfg, w, quotas[w], parts[w], q, make_actor, handover), daemon=True
+                )
                 for w in range(workers)
             ]
             for p in procs:
@@ -308,7 +318,7 @@ def record(cfg: RecordConfig, make_actor: Callable[[], Any] | None = None) -> di
             "keep_failed": cfg.keep_failed,
             "every_target": cfg.every_target,
             "policy": None if make_actor is None else str(make_actor),
-            "handover": cfg.handover if make_actor is not None else None,
+            "handover": handover if make_actor is not None else None,
             "env_kwargs": json_object("env_kwargs", cfg.env_kwargs),
             "attempts": stats["attempts"],
             "expert_successes": stats["successes"],
