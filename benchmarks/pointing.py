@@ -44,7 +44,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 
-import robotok.policy.model
+import robotok.policy.layers
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
 from robotok.policy.model import Transformer, fsq_code_vectors, preset
 from robotok.policy.pretokenize import pixel_cells
@@ -108,7 +108,7 @@ class BenchConfig:
     seed: int = 0
     """Seed of the models' initialisation and of the batch order."""
     attention: str = "fp32"
-    """``fp32``: the model's own attention (``robotok.policy.model.attend``: fp32 on the CPU under bf16 autocast);
+    """``fp32``: the model's own attention (``robotok.policy.layers.attend``: fp32 on the CPU under bf16 autocast);
     ``kernel``: torch's bf16 kernel under bf16 autocast, what the model used before, for comparison."""
     threads: int = 0
     """torch threads (0: torch's default)."""
@@ -365,7 +365,7 @@ def main() -> None:
     if cfg.attention not in ("fp32", "kernel"):
         raise SystemExit(f"pointing.py: error: --attention fp32 or kernel (got {cfg.attention!r})")
     if cfg.attention == "kernel":
-        robotok.policy.model.attend = F.scaled_dot_product_attention  # the module-level name Attention calls
+        robotok.policy.layers.attend = F.scaled_dot_product_attention  # the module-level name Attention calls
     if cfg.dtype not in ("bf16", "fp32"):
         raise SystemExit(f"pointing.py: error: --dtype bf16 or fp32 (got {cfg.dtype!r})")
     if bad or not cfg.scenes or min(cfg.scenes) < 1:

@@ -5,7 +5,7 @@
 1. CPU training throughput of the ``tiny`` preset (forward, backward, AdamW step), fp32 against bf16
    autocast measured in the same run, interleaved so that load from other processes hits both alike.
    ``robotok-train --dtype auto`` picks bf16 on CPUs with AMX-BF16 or AVX512-BF16 because of this ratio.
-   A third figure swaps the model's attention (fp32 on the CPU, ``robotok.policy.model.attend``) for torch's
+   A third figure swaps the model's attention (fp32 on the CPU, ``robotok.policy.layers.attend``) for torch's
    bf16 kernel, in the same rounds.
 2. Latency of generating one action chunk (``--gen`` tokens greedily after a ``--prompt``-token context,
    batch 1, fp32) with the KV cache (prefill, then one token per step) and without it (a full forward
@@ -23,7 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import robotok.policy.model as model_lib
+import robotok.policy.layers as layers_lib
 from robotok.policy.model import Transformer, preset
 
 VOCAB = 2048  # about the joint token space of the demo tasks
@@ -112,11 +112,11 @@ def main() -> None:
         rates["fp32"].append(train_tokens_per_s(model, 8, 256, None, 2, "cpu"))
         rates["bf16"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu"))
         rates["bf16_sel"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu", args.supervised))
-        own, model_lib.attend = model_lib.attend, F.scaled_dot_product_attention  # torch's bf16 kernel instead
+        own, layers_lib.attend = layers_lib.attend, F.scaled_dot_product_attention  # torch's bf16 kernel instead
         try:
             rates["bf16_kernel"].append(train_tokens_per_s(model, 8, 256, torch.bfloat16, 2, "cpu"))
         finally:
-            model_lib.attend = own
+            layers_lib.attend = own
     # best of the rounds: other processes on the machine only ever slow a round down
     fp32, bf16 = max(rates["fp32"]), max(rates["bf16"])
     print(

@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
-from robotok.policy.model import Transformer, config_from_dict
+from robotok.policy.model import ModelConfig, Transformer, config_from_dict
 
 CKPT_FORMAT = "robotok-checkpoint-v1"
 COPIED_FROM_SHARDS = ("token_space.json", "policy.json", "tokenizers")
@@ -93,3 +94,49 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     model = Transformer(config_from_dict(config["model"]))
     model.load_state_dict(load_file(ckpt_dir / "model.safetensors"))
     return model.to(device).eval(), config
+
+
+# ---- what robotok-train goes on from (ValueError names the problem; the CLI adds its prefix)
+
+
+def resume_state(
+    out: Path, model_cfg: ModelConfig, ema: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, torch.Tensor] | None]:
+    """--resume: the training weights, ``train_state.pt`` and the weight average (with ``ema``) of the
+    interrupted run in ``out``, which must hold ``model_cfg`` and have been trained with the same ``ema``."""
+    if not (out / "train_state.pt").is_file():
+        raise ValueError(f"{out} has no train_state.pt; drop --resume to start afresh")
+    state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
+    config = json.loads((out / "config.json").read_text())
+    if config_from_dict(config["model"]) != model_cfg:
+        raise ValueError(f"{out} holds a different model ({config['model']}); use the same --preset and --data")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        if int(f.metadata()["step"]) != state["step"]:
+            raise ValueError(f"{out}: weights and train_state.pt disagree on the step")
+    saved = load_file(out / "model.safetensors")
+    if ema:  # model.safetensors holds the average; the training weights are in train_state.pt
+        if "weights" not in state:
+            raise ValueError(f"{out} was trained without --ema; resume with the flags it was started with")
+        return state["weights"], state, saved
+    if "weights" in state:
+        raise ValueError(f"{out} was trained with --ema; resume with the flags it was started with")
+    return saved, state, None
+
+
+def init_weights(src: Path, model_cfg: ModelConfig, data: Path) -> dict[str, torch.Tensor]:
+    """--init: the weights of checkpoint ``src``, which must hold ``model_cfg`` in the token space of the shard
+    directory ``data``."""
+    if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
+        raise ValueError(f"{src} is not a checkpoint directory (config.json + model.safetensors)")
+    config = json.loads((src / "config.json").read_text())
+    if config_from_dict(config["model"]) != model_cfg:
+        raise ValueError(
+            f"{src} holds a different model ({config['model']}, here {model_cfg}); use its --preset and model flags"
+        )
+    mine, theirs = data / "token_space.json", src / "token_space.json"
+    if theirs.is_file() and json.loads(mine.read_text()) != json.loads(theirs.read_text()):
+        raise ValueError(
+            f"{src} was trained in another token space than {data}'s (tokenizers, state normalisation); "
+            "pre-tokenise with its tokenizers, and with A+B datasets to add data to a robot"
+        )
+    return load_file(src / "model.safetensors")

@@ -113,7 +113,7 @@ def export_transformer(model: torch.nn.Module, out_dir: Path, opset: int = OPSET
     k = v = torch.zeros(shape)
     names, outs = ["idx", "pos", "k_cache", "v_cache"], ["logits", "k_out", "v_out"]
     cond = (torch.zeros(1, cfg.prompt_film),) if cfg.prompt_film else ()
-    if cond:  # the prompt's encoding travels with the caches (see robotok.policy.model.KVCache)
+    if cond:  # the prompt's encoding travels with the caches (see robotok.policy.layers.KVCache)
         names, outs = [*names, "cond"], [*outs, "cond_out"]
     cache_axes = {name: {3: "L"} for name in ("k_cache", "v_cache", "k_out", "v_out")}
     for name, t, axes in (("prefill", 3, {"idx": {1: "T"}}), ("decode", 1, {})):

@@ -30,19 +30,21 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint.state_dict as dcp_sd
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from robotok import resolve_dtype
 from robotok.policy.checkpoint import (
     CKPT_FORMAT,
     atomic_write,
     copy_shard_extras,
+    init_weights,
     load_optim_state_by_name,
     optim_state_by_name,
+    resume_state,
 )
 from robotok.policy.ema import WeightAverage
-from robotok.policy.model import PRESETS, Transformer, config_from_dict, preset, weighted_cross_entropy
+from robotok.policy.ground import GroundScenes
+from robotok.policy.model import PRESETS, Transformer, preset, weighted_cross_entropy
 from robotok.policy.shards import (
     KIND_ACTION,
     TokenShards,
@@ -188,8 +190,8 @@ class Trainer:
         """The autocast context of every forward (bf16 or none)."""
         return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
 
-    def _load_ground(self) -> dict[str, torch.Tensor]:
-        """The pointing loss's scenes (``ground.npz`` of --data) as int64 tensors, and a held-out tenth."""
+    def _load_ground(self) -> GroundScenes:
+        """The pointing loss's scenes: ``ground.npz`` of --data."""
         cfg, err = self.cfg, "robotok-train: error:"
         path = cfg.data / "ground.npz"
         if not path.is_file():
@@ -201,113 +203,33 @@ class Trainer:
             raise SystemExit(f"{err} --ground-weight runs the stem outside the sharded forward: use DDP (no --fsdp)")
         if cfg.ground_batch % self.world:
             raise SystemExit(f"{err} --ground-batch {cfg.ground_batch} must divide into world size {self.world}")
-        with np.load(path) as z:
-            g = {k: torch.from_numpy(z[k].astype(np.int64)).to(self.device) for k in ("prompt", "video", "cell")}
-            if cfg.keypoint:
-                if "point" not in z:
-                    raise SystemExit(
-                        f"{err} --keypoint fits the pointed place, and {path} has none (made by an older "
-                        "robotok-pretokenize); pre-tokenise the scenes again"
-                    )
-                g["point"] = torch.from_numpy(z["point"].astype(np.float32)).to(self.device)
-            if cfg.keypoint_effector:
-                eff = z["effector"] if "effector" in z else np.full((len(z["cell"]), 2), np.nan, np.float32)
-                if not np.isfinite(eff).all(-1).any():
-                    raise SystemExit(
-                        f"{err} --keypoint-effector fits the effector's place, and {path} has none; record the "
-                        "scenes again with robotok-record-scenes (PickCup records its grip) and pre-tokenise them"
-                    )
-                g["effector"] = torch.from_numpy(np.nan_to_num(eff, nan=-1.0).astype(np.float32)).to(self.device)
-                g["effector_cell"] = torch.from_numpy(z["effector_cell"].astype(np.int64)).to(self.device)
-        n_val = min(256, len(g["cell"]) // 10)
-        g["train"], g["val"] = np.arange(n_val, len(g["cell"])), np.arange(n_val)
-        return g
+        try:
+            return GroundScenes(path, self.device, cfg.keypoint, cfg.keypoint_effector)
+        except ValueError as e:
+            raise SystemExit(f"{err} {e}") from None
 
     def _ground_loss(self, step: int) -> torch.Tensor:
-        """Cross-entropy of the pointing read-out on this rank's slice of step ``step``'s scenes ((seed, step)
-        decide them, as the sequences)."""
-        g, cfg = self.ground, self.cfg
-        rows = np.random.default_rng([cfg.seed, 104729, step]).choice(g["train"], cfg.ground_batch)
-        per = cfg.ground_batch // self.world
-        rows = torch.from_numpy(rows[self.rank * per : (self.rank + 1) * per]).to(self.device)
+        """The pointing loss on this rank's slice of step ``step``'s scenes."""
+        rows = self.ground.step_rows(self.cfg.seed, step, self.cfg.ground_batch, self.rank, self.world)
         with self._amp():
-            logits, places = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
-        return self._point_loss(logits.float(), places, rows)[0]
-
-    def _point_loss(
-        self, logits: torch.Tensor, places: torch.Tensor | None, rows: torch.Tensor
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The pointing loss of scenes ``rows`` from ``Transformer.ground_point``'s outputs: cross-entropy of
-        the named object's cell, with --keypoint a Huber loss (in cells) of its place against the pixel, and with
-        --keypoint-effector the same two for the effector where the scene has it in frame; and the parts."""
-        g, f = self.ground, torch.nn.functional
-        ce = f.cross_entropy(logits[..., 0], g["cell"][rows])
-        parts = {"ce": ce, "acc": (logits[..., 0].argmax(-1) == g["cell"][rows]).float().mean()}
-        loss = ce
-        if places is not None:  # --keypoint: the soft-argmax place, within the cell, at the object's pixel
-            loss = loss + f.smooth_l1_loss(places[:, 0], g["point"][rows], beta=0.5)
-            parts["place_err"] = (places[:, 0] - g["point"][rows]).norm(dim=-1).mean()
-        if "effector" in g:
-            cell = g["effector_cell"][rows]
-            seen = (cell >= 0).float()
-            n = seen.sum().clamp(min=1.0)
-            ce_e = f.cross_entropy(logits[..., 1], cell.clamp(min=0), reduction="none")
-            err = f.smooth_l1_loss(places[:, 1], g["effector"][rows], beta=0.5, reduction="none").sum(-1) / 2
-            loss = loss + ((ce_e + err) * seen).sum() / n
-            parts["effector_err"] = ((places[:, 1] - g["effector"][rows]).norm(dim=-1) * seen).sum() / n
-        return loss, parts
+            logits, places = self.raw.ground_point(*self.ground.inputs(rows))
+        return self.ground.loss(logits.float(), places, rows)[0]
 
     def _load_resume(self, model: Transformer) -> tuple[Transformer, dict[str, Any], dict[str, torch.Tensor] | None]:
-        out = self.cfg.out
-        if not (out / "train_state.pt").is_file():
-            raise SystemExit(
-                f"robotok-train: error: --resume but {out} has no train_state.pt; drop --resume to start afresh"
-            )
-        state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
-        config = json.loads((out / "config.json").read_text())
-        if config_from_dict(config["model"]) != self.model_cfg:
-            raise SystemExit(
-                f"robotok-train: error: --resume: {out} holds a different model ({config['model']}); "
-                "use the same --preset and --data"
-            )
-        with safe_open(str(out / "model.safetensors"), "pt") as f:
-            if int(f.metadata()["step"]) != state["step"]:
-                raise SystemExit(f"robotok-train: error: {out}: weights and train_state.pt disagree on the step")
-        saved, ema = load_file(out / "model.safetensors"), None
-        if self.cfg.ema:  # model.safetensors holds the average; the training weights are in train_state.pt
-            if "weights" not in state:
-                raise SystemExit(
-                    f"robotok-train: error: --resume --ema {self.cfg.ema}: {out} was trained without --ema; "
-                    "resume with the flags it was started with"
-                )
-            ema, saved = saved, state["weights"]
-        elif "weights" in state:
-            raise SystemExit(
-                f"robotok-train: error: --resume: {out} was trained with --ema; resume with the flags it was "
-                "started with"
-            )
-        model.load_state_dict(saved)
+        try:
+            weights, state, ema = resume_state(self.cfg.out, self.model_cfg, bool(self.cfg.ema))
+        except ValueError as e:
+            raise SystemExit(f"robotok-train: error: --resume: {e}") from None
+        model.load_state_dict(weights)
         self.start_step = state["step"]
         return model, state, ema
 
     def _load_init(self, model: Transformer) -> None:
         """--init: the weights of another checkpoint, which must hold this model in this token space."""
-        src, err = Path(self.cfg.init), "robotok-train: error: --init"
-        if not (src / "model.safetensors").is_file() or not (src / "config.json").is_file():
-            raise SystemExit(f"{err} {src} is not a checkpoint directory (config.json + model.safetensors)")
-        config = json.loads((src / "config.json").read_text())
-        if config_from_dict(config["model"]) != self.model_cfg:
-            raise SystemExit(
-                f"{err} {src} holds a different model ({config['model']}, here {self.model_cfg}); use its --preset "
-                "and model flags"
-            )
-        mine, theirs = self.cfg.data / "token_space.json", src / "token_space.json"
-        if theirs.is_file() and json.loads(mine.read_text()) != json.loads(theirs.read_text()):
-            raise SystemExit(
-                f"{err} {src} was trained in another token space than {self.cfg.data}'s (tokenizers, state "
-                "normalisation); pre-tokenise with its tokenizers, and with A+B datasets to add data to a robot"
-            )
-        model.load_state_dict(load_file(src / "model.safetensors"))
+        try:
+            model.load_state_dict(init_weights(Path(self.cfg.init), self.model_cfg, self.cfg.data))
+        except ValueError as e:
+            raise SystemExit(f"robotok-train: error: --init {e}") from None
 
     def _forward_loss(self, tokens: np.ndarray, kinds: np.ndarray, norm: float) -> tuple[torch.Tensor, dict]:
         """Loss of a micro-batch normalised by ``norm`` (weight of the global batch / world), plus raw sums."""
@@ -406,11 +328,11 @@ class Trainer:
             "val/action_loss": s[2] / max(s[3], 1e-8),
             "val/action_acc": s[4] / max(s[3], 1e-8),
         }
-        if self.ground is not None and len(self.ground["val"]):
-            g, rows = self.ground, torch.from_numpy(self.ground["val"]).to(self.device)
+        if self.ground is not None and len(self.ground.val):
+            rows = self.ground.val_rows()  # held-out scenes
             with self._amp():
-                logits, places = self.raw.ground_point(g["prompt"][rows], g["video"][rows])
-            _, parts = self._point_loss(logits.float(), places, rows)  # held-out scenes
+                logits, places = self.raw.ground_point(*self.ground.inputs(rows))
+            _, parts = self.ground.loss(logits.float(), places, rows)
             out["val/ground_loss"], out["val/ground_acc"] = float(parts["ce"]), float(parts["acc"])
             if "place_err" in parts:  # mean distance of the handed place from the object's pixel, in cells
                 out["val/ground_place_err"] = float(parts["place_err"])

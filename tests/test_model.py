@@ -6,12 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from robotok.policy.layers import Block, attend
 from robotok.policy.model import (
     PRESETS,
-    Block,
     ModelConfig,
     Transformer,
-    attend,
     fsq_code_vectors,
     preset,
     weighted_cross_entropy,
