@@ -208,7 +208,7 @@ def read_out_accuracy(policy: Policy, path: str) -> float:
     """How often the policy's pointing read-out marks the cell of the named cup in a robotok-record-scenes file."""
     import torch
 
-    from robotok.policy.pretokenize import ground_set
+    from robotok.policy.ground import ground_set
     from robotok.sim_envs.scenes import load_scenes
 
     if not policy.model.cfg.ground_head:

@@ -46,8 +46,8 @@ import tyro
 
 import robotok.policy.layers
 import robotok.sim_envs  # noqa: F401  (registers the env ids)
+from robotok.policy.ground import pixel_cells
 from robotok.policy.model import Transformer, fsq_code_vectors, preset
-from robotok.policy.pretokenize import pixel_cells
 from robotok.sim_envs.pick_cup import CUP_AREA_HI, CUP_AREA_LO, CUP_COLORS
 from robotok.tokenizers.space import ACT_OPEN, ActionRange, TokenSpace
 from robotok.tokenizers.video import VideoTokenizer

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from robotok.policy.ground import ground_set
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, write_shards
 from robotok.tokenizers.space import PAD, ActionRange, Embodiment, TokenSpace, history_indices
 
@@ -374,62 +375,6 @@ def pretokenize(
         return write_shards(out, tokens, kinds, episodes, meta, extra_files=extra)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def pixel_cells(pixel: np.ndarray, size: tuple[int, int], grid: tuple[int, int]) -> np.ndarray:
-    """Cell (row-major) of an image's ``grid`` holding each pixel [..., 2] (row, col) of an image of ``size``;
-    -1 for a pixel outside the image or NaN."""
-    p = np.nan_to_num(np.asarray(pixel, np.float64), nan=-1.0)
-    inside = (p[..., 0] >= 0) & (p[..., 0] < size[0]) & (p[..., 1] >= 0) & (p[..., 1] < size[1])
-    r = (p[..., 0] * grid[0] / size[0]).astype(np.int64)
-    c = (p[..., 1] * grid[1] / size[1]).astype(np.int64)
-    return np.where(inside, r * grid[1] + c, -1)
-
-
-def ground_set(scenes: list[dict[str, Any]], space: TokenSpace, video_tokenizer: Any) -> dict[str, np.ndarray]:
-    """Tokenise ``robotok-record-scenes`` arrays for the pointing loss: ``prompt`` [N, P] (``BOS bytes SEP``,
-    PAD after), ``video`` [N, h*w] (the frame's video ids), ``cell`` [N] (the grid cell, row-major, holding the
-    prompted object's pixel), ``point`` [N, 2] (that pixel in cells: row, col, the grid's corner at 0), and the
-    robot's effector's ``effector_cell`` [N] (-1: out of frame or unknown) and ``effector`` [N, 2] (in cells; NaN
-    where its cell is -1). Scenes whose object is out of the frame are left out."""
-    grid = tuple(video_tokenizer.grid)
-    size = tuple(int(x) for x in video_tokenizer.cfg.image_size)
-    prompts, videos, cells, points, eff_cells, effs = [], [], [], [], [], []
-    scale = np.float32([grid[0] / size[0], grid[1] / size[1]])
-    for sc in scenes:
-        frames = sc["frames"]
-        if tuple(frames.shape[1:3]) != size:
-            raise ValueError(
-                f"scene frames are {frames.shape[1]}x{frames.shape[2]}, the video tokenizer's {size[0]}x{size[1]}; "
-                "record the scenes at its size (--width, --height)"
-            )
-        cell = pixel_cells(sc["pixel"], size, grid)
-        idx = np.flatnonzero(cell >= 0)
-        if not len(idx):
-            continue
-        codes = np.concatenate([video_tokenizer.encode(frames[idx[j : j + 256]]) for j in range(0, len(idx), 256)])
-        videos.append(space.video_ids(codes).reshape(len(idx), -1))
-        cells.append(cell[idx])
-        points.append(np.asarray(sc["pixel"], np.float32)[idx] * scale)
-        eff = np.asarray(sc.get("effector", np.full((len(frames), 2), np.nan)), np.float32)[idx]
-        eff_cell = pixel_cells(eff, size, grid)
-        eff_cells.append(eff_cell)
-        effs.append(np.where((eff_cell >= 0)[:, None], eff * scale, np.nan).astype(np.float32))
-        prompts += [space.encode_prompt(str(sc["prompt"][i])) for i in idx]
-    if not prompts:
-        raise ValueError("no scene shows its prompted object inside the frame; check the scenes' --camera")
-    prompt = np.zeros((len(prompts), max(map(len, prompts))), np.int32)
-    assert PAD == 0
-    for i, ids in enumerate(prompts):
-        prompt[i, : len(ids)] = ids
-    return {
-        "prompt": prompt,
-        "video": np.concatenate(videos).astype(np.int32),
-        "cell": np.concatenate(cells),
-        "point": np.concatenate(points),
-        "effector_cell": np.concatenate(eff_cells),
-        "effector": np.concatenate(effs),
-    }
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
