@@ -83,6 +83,7 @@ class Policy:
         self.chunk_latencies_ms: list[float] = []
         self.last_action_ids: list[int] = []  # token ids of the last chunk, for inspection and tests
         self._prefix: tuple[list[int], Any] | None = None  # (prompt prefix ids, its KV cache)
+        self._resume: tuple[list[int], Any, int] | None = None  # with_goal's context, its cache, the position fed
         self._masks: dict[tuple[int, int], tuple[torch.Tensor, bool]] = {}
         self._masks_named: dict[str, torch.Tensor] = {}
         self.last_goal_ids: list[int] = []  # the goal-state ids of the last chunk (policies trained with goals)
@@ -218,9 +219,14 @@ class Policy:
         """Action token ids that follow ``context`` (``BOS prompt SEP ... ACT_OPEN``), ACT_CLOSE excluded."""
         r = self.space.action_ranges[action_range]
         if self.use_cache:
-            prefix_len = context.index(SEP) + 1
-            cache = self._prefix_cache(context[:prefix_len], len(context) + r.max_length)
-            feed = context[prefix_len:]
+            resume, self._resume = self._resume, None
+            if resume is not None and resume[0] == context and resume[1].pos == resume[2]:
+                cache = resume[1]  # with_goal left the context in the cache, but for its last few ids
+                feed = context[resume[2] :]
+            else:
+                prefix_len = context.index(SEP) + 1
+                cache = self._prefix_cache(context[:prefix_len], len(context) + r.max_length)
+                feed = context[prefix_len:]
         out: list[int] = []
         while True:
             mask, only_close = self._mask(len(out), action_range)
@@ -250,15 +256,24 @@ class Policy:
         mask = self._masks_named["state"]
         out = [*context[:-1], STATE_OPEN]
         dim = int(self.embodiments[embodiment]["state_dim"])
-        cache = self.model.new_cache(1, min(len(out) + dim, self.model.cfg.max_seq_len))
-        feed = out
+        n_act = self.space.action_ranges[self.embodiments[embodiment]["action_range"]].max_length
         goal: list[int] = []
+        if self.use_cache:  # in the prompt prefix's cache, which generate then goes on from
+            prefix_len = out.index(SEP) + 1
+            cache = self._prefix_cache(out[:prefix_len], len(out) + dim + 2 + n_act)
+            feed = out[prefix_len:]
         for _ in range(dim):
-            logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache)[0, -1]
+            if self.use_cache:
+                logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache)[0, -1]
+            else:
+                logits = self.model(torch.tensor([out + goal], device=self.device))[0][0, -1]
             goal.append(self._pick(logits, mask))
             feed = goal[-1:]
         self.last_goal_ids = goal
-        return [*out, *goal, STATE_CLOSE, ACT_OPEN]
+        context = [*out, *goal, STATE_CLOSE, ACT_OPEN]
+        if self.use_cache:
+            self._resume = (context, cache, cache.pos)
+        return context
 
     def _predict(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()

@@ -312,6 +312,7 @@ class RobotPolicy:
         self.chunk_latencies_ms: list[float] = []
         self.last_action_ids: list[int] = []
         self.last_goal_ids: list[int] = []
+        self._resume: tuple[list[int], tuple[np.ndarray, ...], int] | None = None  # with_goal's context, cache, pos
         self._prefix: tuple[list[int], tuple[np.ndarray, ...]] | None = None  # prompt prefix ids, its cache
         self._masks: dict[tuple[int, int], tuple[np.ndarray, bool]] = {}
         self.reset()
@@ -492,9 +493,14 @@ class RobotPolicy:
     def generate(self, context: list[int], action_range: int) -> list[int]:
         """Greedy action ids after ``context`` (which ends with ACT_OPEN), ACT_CLOSE excluded."""
         r = self.action_ranges[action_range]
-        n_prefix = context.index(self.special["SEP"]) + 1
-        cache = self._prefix_cache(context[:n_prefix], len(context) + r["max_length"])
-        feed, pos, out = context[n_prefix:], n_prefix, []
+        resume, self._resume = self._resume, None
+        if resume is not None and resume[0] == context:  # with_goal left the context in a cache, but its last ids
+            _, cache, pos = resume
+            feed, out = context[pos:], []
+        else:
+            n_prefix = context.index(self.special["SEP"]) + 1
+            cache = self._prefix_cache(context[:n_prefix], len(context) + r["max_length"])
+            feed, pos, out = context[n_prefix:], n_prefix, []
         while True:
             mask, only_close = self._mask(len(out), action_range)
             if only_close:  # the grammar leaves nothing else: no model call
@@ -515,8 +521,9 @@ class RobotPolicy:
         sp = self.special
         out = [*context[:-1], sp["STATE_OPEN"]]
         dim = int(self.embodiments[embodiment]["state_dim"])
+        n_act = int(self.action_ranges[self.embodiments[embodiment]["action_range"]]["max_length"])
         n_prefix = out.index(sp["SEP"]) + 1
-        cache = self._prefix_cache(out[:n_prefix], len(out) + dim)
+        cache = self._prefix_cache(out[:n_prefix], len(out) + dim + 2 + n_act)  # generate goes on in it
         feed, pos, goal = out[n_prefix:], n_prefix, []
         lo, hi = self.state_start, self.state_start + self.state_bins
         for _ in range(dim):
@@ -525,7 +532,9 @@ class RobotPolicy:
             goal.append(lo + int(np.argmax(logits[lo:hi])))
             feed = goal[-1:]
         self.last_goal_ids = goal
-        return [*out, *goal, sp["STATE_CLOSE"], sp["ACT_OPEN"]]
+        context = [*out, *goal, sp["STATE_CLOSE"], sp["ACT_OPEN"]]
+        self._resume = (context, cache, pos)
+        return context
 
     def _predict(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()

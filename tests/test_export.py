@@ -392,6 +392,13 @@ def test_goal_policy_predicts_the_same_goal_and_actions_in_the_bundle(world, tmp
     (ckpt / "policy.json").write_text(json.dumps({**config, "goal": True}))
     torch_policy = Policy.from_checkpoint(ckpt)
     robot = RobotPolicy(export_bundle(ckpt, tmp_path / "bundle"))
+    fed, run = [0], robot._run
+
+    def counting(ids, pos, cache):
+        fed[0] += len(ids)
+        return run(ids, pos, cache)
+
+    robot._run = counting
     lo, hi = torch_policy.space.ranges()["state"]
     n = 0
     for episode in world["episodes"][::2]:
@@ -399,10 +406,14 @@ def test_goal_policy_predicts_the_same_goal_and_actions_in_the_bundle(world, tmp
         robot.reset()
         for obs, _ in episode[:6]:
             expected = torch_policy.predict_chunk(obs)
+            fed[0] = 0
             got = robot.infer(obs)
             goal = torch_policy.last_goal_ids
             assert len(goal) == len(obs["agent_pos"]) and all(lo <= g < hi for g in goal)
             assert robot.last_goal_ids == goal and got["action_ids"] == torch_policy.last_action_ids
             np.testing.assert_allclose(got["actions"], expected, atol=1e-6, rtol=0)
+            # the actions go on in the cache the goal was generated in: no id of the context is fed twice
+            n_context = len(torch_policy._context(obs["task"])) + len(goal) + 2
+            assert fed[0] <= n_context + len(got["action_ids"]), (fed[0], n_context)
             n += 1
     assert n >= 10

@@ -154,11 +154,20 @@ def test_failed_decode_yields_the_hold_action_and_is_counted() -> None:
     assert policy.decode_failures == 3 and ok_chunk.shape == (H, 5)
 
 
-def test_prompt_cache_gives_the_same_chunks_as_no_cache() -> None:
+@pytest.mark.parametrize("goal", [False, True])
+def test_prompt_cache_gives_the_same_chunks_as_no_cache(goal: bool) -> None:
     space, config, toks, vt = make_parts(history=2)
+    config["goal"] = goal  # with goals, the actions go on in the cache the goal was generated in
     model = random_model(space, seed=4)
     cached = Policy(model, space, config, toks, vt, use_cache=True)
     plain = Policy(model, space, config, toks, vt, use_cache=False)
+    fed, forward_cached = [0], model.forward_cached
+
+    def counting(idx: torch.Tensor, cache):
+        fed[0] += idx.shape[1]
+        return forward_cached(idx, cache)
+
+    model.forward_cached = counting
     rng = np.random.default_rng(5)
     for episode in range(3):
         robot = episode % 2
@@ -166,9 +175,14 @@ def test_prompt_cache_gives_the_same_chunks_as_no_cache() -> None:
         plain.reset()
         for _ in range(4):  # the prompt changes between episodes and within one: the cache follows it
             obs = random_obs(rng, robot)
+            fed[0] = 0
             a, b = cached.predict_chunk(obs), plain.predict_chunk(obs)
             assert cached.last_action_ids == plain.last_action_ids
+            assert cached.last_goal_ids == plain.last_goal_ids and len(cached.last_goal_ids) == (7, 4)[robot] * goal
             np.testing.assert_array_equal(a, b)
+            # no id is fed twice: the prompt (when new), the observed steps, the goal and the actions, once each
+            n_context = len(cached._context(obs["task"])) + (len(cached.last_goal_ids) + 2 if goal else 0)
+            assert fed[0] <= n_context + len(cached.last_action_ids), (fed[0], n_context)
     # the cached prefix really is reused: one cache object per prompt, reset() keeps it
     prefix = cached._prefix
     cached.reset()
