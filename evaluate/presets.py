@@ -23,7 +23,7 @@ of them). The video tokenizer weights pixels away from the frame's dominant colo
 default): without it the 1,000-step tokenizer of the first demo drew no cups at all. The policy trains with the
 next-frame (world-model) loss at weight 0.5: with the same data, tokenizers and steps, Drive success on 100 unseen
 seeds rose from 62% [52.2, 70.9] without it to 84% [76, 90] with it. The prompt-conditioned stem learns which cup is
-named from a pointing loss on 5,000 fresh scenes (``scenes``, ``ground_weight``; README, "Which choices mattered"),
+named from a pointing loss on 5,000 fresh scenes (``scenes``, ``ground_weight``; docs/demo_log.md),
 each shown after 0 to 45 steps of the noisy expert (``scene_rollout``), and the policy is handed the places its
 read-outs point at, the named cup's and the gripper's (``keypoint``, ``keypoint_effector``): PickCup 22% against
 1-7% without the second or both, Drive 53% against 65-68% (one run each, README). With the wrist camera added to
@@ -36,12 +36,12 @@ Pointing scenes from the wrist camera too and the place read in the wrist view h
 failures ignored the route (through the intersection at cruising speed for a turn, late braking for the stop): with
 the prompt's encoding added to every position (``prompt_context``) Drive reached 66% and PickCup 78% on the same
 shards, and with the goal state predicted before each chunk as well (``goal``) PickCup 85% and Drive 66%, for about
-50 ms more per chunk at inference and 2,893 s of training against 2,633 s (README, "Which choices mattered").
+50 ms more per chunk at inference and 2,893 s of training against 2,633 s (docs/demo_log.md, "Which choices mattered").
 The policy trains 1,500 steps on the demonstrations and is then corrected (``corrections``, the pipeline's correct
 stage): in 250 PickCup and 100 Drive episodes it drives first and the expert labels every step and finishes, and
 training goes on from it for 500 steps on demonstrations plus corrections. Against 500 more steps on the
 demonstrations alone, on the same 100 unseen seeds (an AVX2-only machine, fp32): PickCup 74% against 57%, Drive 74%
-against 82% (README, the demo section). A second round (``correction_rounds``: 250 + 100 corrections of that
+against 82% (docs/demo_log.md). A second round (``correction_rounds``: 250 + 100 corrections of that
 corrected policy, 500 more steps on the demonstrations plus both rounds) took PickCup to 84% and Drive to 79%."""
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class Preset:
     length_buckets: int = 1
     # per task: actions the trained policy executes per chunk before it predicts the next (robotok-train
     # --n-action-steps; empty: n_action_steps for all). PickCup corrects its reach more often at 2; Drive does
-    # better at 5 (README, "Which choices mattered")
+    # better at 5 (docs/demo_log.md, "Which choices mattered")
     execute_steps: dict[str, int] = field(default_factory=dict)
     # the prompt encoder's output added to every position (robotok-train --prompt-context; needs prompt_film)
     prompt_context: bool = False
