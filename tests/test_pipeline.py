@@ -230,15 +230,17 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
     from robotok.evaluate.pipeline_commands import CORRECTION_SEED_START, correction_rounds, train_dir
 
     p = PRESETS["cpu"]
-    assert p.corrections and p.correction_rounds == 2 and train_dir(tmp_path, p) == tmp_path / "policy_demos"
-    first, middle, final = (str(tmp_path / x) for x in ("policy_demos", "policy_corrections", "policy"))
+    assert p.corrections and p.correction_rounds == 3 and train_dir(tmp_path, p) == tmp_path / "policy_demos"
+    first, final = str(tmp_path / "policy_demos"), str(tmp_path / "policy")
+    ends = ("", "2", "3")
+    chain = [first, *(str(tmp_path / f"policy_corrections{e}") for e in ends[:-1]), final]  # each round's init, out
     train = commands("train", tmp_path, p)[0]
     assert train[train.index("--out") + 1] == first and train[train.index("--steps") + 1] == str(p.train_steps)
     corr = commands("correct", tmp_path, p)
     one_round = [*["robotok-record-corrections"] * 2, "robotok-pretokenize", "robotok-train"]
-    assert [c[0] for c in corr] == one_round * 2
+    assert [c[0] for c in corr] == one_round * 3
     plain = commands("pretokenize", tmp_path, p)[0]
-    for r, (init, out, end) in enumerate(((first, middle, ""), (middle, final, "2"))):
+    for r, (init, out, end) in enumerate(zip(chain[:-1], chain[1:], ends, strict=True)):
         rec, pre, tr = corr[4 * r : 4 * r + 2], corr[4 * r + 2], corr[4 * r + 3]
         for c, t in zip(rec, ("pickcup", "drive"), strict=True):
             assert c[c.index("--policy") + 1] == init and c[c.index("--handover") + 1] == str(p.handover[t])
@@ -246,7 +248,7 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
             assert c[c.index("--episodes") + 1] == str(p.corrections[t])
             assert c[c.index("--seed-start") + 1] == str(CORRECTION_SEED_START + 10_000 * r)  # scenes of its own
         data = pre[pre.index("--dataset") + 1 : pre.index("--action-tokenizer")]
-        rounds = [f"{tmp_path / 'data' / t}_corrections{e}" for t in ("pickcup", "drive") for e in ("", "2")[: r + 1]]
+        rounds = [f"{tmp_path / 'data' / t}_corrections{e}" for t in ("pickcup", "drive") for e in ends[: r + 1]]
         assert data == [
             "+".join([str(tmp_path / "data" / t), *(x for x in rounds if f"/{t}_" in x)]) for t in ("pickcup", "drive")
         ]
@@ -260,7 +262,7 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
         assert tr[tr.index("--data") + 1] == str(tmp_path / f"shards_corrections{end}")
         assert "--keypoint" in tr and "--prompt-context" in tr and len(tr) == len(train) + 2  # the same flags, + --init
     assert done_files("correct", tmp_path, p)[-1] == tmp_path / "policy" / "config.json"
-    assert [r.policy for r in correction_rounds(tmp_path, p)] == [tmp_path / "policy_corrections", tmp_path / "policy"]
+    assert [str(r.policy) for r in correction_rounds(tmp_path, p)] == chain[1:]
     one = dataclasses.replace(p, correction_rounds=1)
     assert [c[0] for c in commands("correct", tmp_path, one)] == one_round
     tr = commands("correct", tmp_path, one)[3]
