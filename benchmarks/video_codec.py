@@ -3,6 +3,10 @@
 Frames come from the real PickCup env (scripted expert) when it imports, else from a small MuJoCo
 scene of the same kind (table, two small cups, a moving gripper). The baseline is LeRobot's default
 (AV1, yuv420p, crf 30). Run: ``python benchmarks/video_codec.py [--episodes 3]``.
+
+Last, the read speed of the datasets' own format (H.264 yuv444p crf 0): ``decode_episode`` against a
+baseline that converts each frame with ``frame.to_ndarray(format="rgb24")`` (a colour converter set up per
+frame, how frames were read before), the same pixels required of both.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import tempfile
 import time
 
+import av
 import numpy as np
 
 import robotok  # noqa: F401  (MUJOCO_GL)
@@ -116,6 +121,47 @@ def measure(episodes: list[np.ndarray], codec: str, pix_fmt: str, crf: int, fps:
     }
 
 
+def decode_per_frame(path: str, from_ts: float, to_ts: float, fps: int) -> np.ndarray:
+    """The baseline reader: every frame converted to RGB on its own (a converter set up per frame)."""
+    first, stop, out = round(from_ts * fps), round(to_ts * fps), []
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if first > 0:
+            container.seek(int(from_ts / stream.time_base), stream=stream, backward=True, any_frame=False)
+        for frame in container.decode(stream):
+            idx = round(float(frame.pts * stream.time_base) * fps)
+            if first <= idx < stop:
+                out.append(frame.to_ndarray(format="rgb24"))
+            elif idx >= stop:
+                break
+    return np.stack(out)
+
+
+def read_speed(episodes: list[np.ndarray], repeats: int = 3, fps: int = 20) -> None:
+    """Frames per second of ``decode_episode`` and of the per-frame baseline (best of ``repeats``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "v.mp4")
+        writer = VideoStreamWriter(path, fps, 64, 64, codec="h264", pix_fmt="yuv444p", crf=0)
+        spans = [writer.add_episode(ep) for ep in episodes]
+        writer.close()
+        n = sum(len(ep) for ep in episodes)
+        best = {}
+        for name, read in [("per-frame converter (baseline)", decode_per_frame), ("decode_episode", decode_episode)]:
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                frames = [read(path, a, b, fps) for a, b in spans]
+                times.append(time.perf_counter() - t0)
+            best[name] = (min(times), frames)
+    (t_base, ref), (t_new, got) = best.values()
+    assert all((a == b).all() for a, b in zip(ref, got, strict=True)), "decode_episode read other pixels"
+    print(f"\nread speed, h264 yuv444p crf 0, {n} frames in {len(episodes)} episodes (best of {repeats}):")
+    for name, (t, _) in best.items():
+        print(f"  {name:32} {n / t:8.0f} frames/s  {t / n * 1e3:6.3f} ms/frame")
+    print(f"  decode_episode vs baseline: {t_base / t_new:.1f}x, identical pixels")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--episodes", type=int, default=3)
@@ -142,6 +188,7 @@ def main() -> None:
             f"{r['bytes_per_frame']:8.0f} {r['enc_fps']:8.0f} {r['dec_fps']:8.0f} "
             f"{r['bytes_per_frame'] / base['bytes_per_frame']:11.2f}x"
         )
+    read_speed(episodes)
 
 
 if __name__ == "__main__":
