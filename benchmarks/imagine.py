@@ -20,7 +20,7 @@ from pathlib import Path
 
 import tyro
 
-from robotok.evaluate.imagine import ImagineConfig, horizon_table, run_imagine
+from robotok.evaluate.imagine import ImagineConfig, beaten_words, horizon_table, run_imagine
 
 
 @dataclass
@@ -95,8 +95,8 @@ def main() -> None:
         s = m["summary"]
         sections.append(
             f"## {env_id}\n\n{horizon_table(m['horizon'])}\n\n"
-            f"chunk = {m['frame_steps']} steps at {m['fps']:g} Hz; the model beats copy-last at every step up to "
-            f"{s['imagine/beats_copy_last_until_s']:.2f} s; mean PSNR model {s['imagine/psnr_model']:.2f} dB, "
+            f"chunk = {m['frame_steps']} steps at {m['fps']:g} Hz; the model "
+            f"{beaten_words(s['imagine/beats_copy_last_until_s'])}; mean PSNR model {s['imagine/psnr_model']:.2f} dB, "
             f"copy-last {s['imagine/psnr_copy_last']:.2f} dB, tokenizer ceiling {s['imagine/psnr_tokenizer']:.2f} dB; "
             f"decode failures {s['imagine/decode_failures']}; {s['imagine/skipped']} seed(s) skipped (ended before "
             f"the start step); {time.perf_counter() - t0:.0f} s\n"

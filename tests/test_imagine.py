@@ -18,6 +18,7 @@ from robotok.datasets.lerobot_v3 import LeRobotDataset, LeRobotDatasetWriter
 from robotok.evaluate.imagine import (
     PSNR_MAX,
     beaten_until_s,
+    beaten_words,
     frames_psnr,
     imagine_episode,
     main,
@@ -317,6 +318,9 @@ def test_psnr_of_known_pairs() -> None:
     assert lo < 0 < np.mean(gains) < hi and bootstrap_mean_interval(gains) == (lo, hi)
     noisy = [{**eps[1], "psnr_model": [21.0 + g], "psnr_copy_last": [21.0]} for g in gains]
     assert summarize(noisy, 1, 5, 20.0)[0]["gain_db"] > 0 and beaten_until_s(summarize(noisy, 1, 5, 20.0)) == 0.0
+    # and the report says so in words, not as "up to 0.00 s"
+    assert beaten_words(0.0) == "does not surely beat copy-last at the first step"
+    assert beaten_words(beaten_until_s(rows)) == "beats copy-last at every step up to 0.25 s"
 
 
 def test_an_imagined_frame_is_drawn_as_a_change_to_the_real_one() -> None:
