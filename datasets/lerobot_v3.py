@@ -132,6 +132,11 @@ class LeRobotDataset:
                 out[key] = self.episode_frames(i, key)
         return out
 
+    def locate(self, i: int) -> tuple[LeRobotDataset, int]:
+        """The directory's dataset and index that hold episode i: itself (as ``DatasetGroup.locate``)."""
+        self._row(i)
+        return self, i
+
     def episode_frames(self, i: int, camera_key: str) -> np.ndarray:
         """Decoded frames [T, H, W, 3] uint8 of one camera of episode i."""
         if camera_key not in self.camera_keys:
@@ -176,7 +181,8 @@ class DatasetGroup:
     def __len__(self) -> int:
         return self.num_episodes
 
-    def _part(self, i: int) -> tuple[LeRobotDataset, int]:
+    def locate(self, i: int) -> tuple[LeRobotDataset, int]:
+        """The part (one dataset directory) that holds episode i of the group, and its index there."""
         if not 0 <= i < self.num_episodes:
             raise IndexError(f"episode {i} out of range: the group has {self.num_episodes} episodes")
         k = int(np.searchsorted(self._starts, i, side="right")) - 1
@@ -184,12 +190,12 @@ class DatasetGroup:
 
     def episode(self, i: int, load_images: bool = True) -> dict[str, Any]:
         """Episode i of the group, as ``LeRobotDataset.episode``."""
-        ds, j = self._part(i)
+        ds, j = self.locate(i)
         return ds.episode(j, load_images)
 
     def episode_frames(self, i: int, camera_key: str) -> np.ndarray:
         """Frames of one camera of episode i of the group, as ``LeRobotDataset.episode_frames``."""
-        ds, j = self._part(i)
+        ds, j = self.locate(i)
         return ds.episode_frames(j, camera_key)
 
 

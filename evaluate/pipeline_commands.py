@@ -260,6 +260,8 @@ def _pretokenize(out: Path, p: Preset, datasets: list[str], shards: str) -> list
         vid,
         "--out",
         shards,
+        "--code-cache",  # each correction round then encodes only its own episodes' frames
+        str(out / "cache/video_codes"),
         "--cameras",
         *p.cameras,
         "--horizon",

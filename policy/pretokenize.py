@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from robotok.policy.code_cache import CodeCache
 from robotok.policy.ground import ground_set
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, write_shards
 from robotok.tokenizers.space import PAD, ActionRange, Embodiment, TokenSpace, history_indices
@@ -90,6 +91,10 @@ class PretokenizeConfig:
     scenes: tuple[str, ...] = ()
     """Files of robotok-record-scenes (first frames of fresh scenes, the prompted object's pixel): tokenised into
     ``ground.npz`` for robotok-train's pointing loss (``--ground-weight``)."""
+    code_cache: str = ""
+    """Directory that keeps the video codes of every dataset directory encoded here, for the next run with the
+    same video tokenizer (see robotok.policy.code_cache): a round of corrections then encodes only its own
+    episodes. Empty: no cache."""
 
     def stride_of(self, d: int) -> int:
         """The --stride of dataset ``d``."""
@@ -263,22 +268,13 @@ def pretokenize(
         kinds = np.memmap(work / "kinds.bin", dtype=np.uint8, mode="w+", shape=(n, seq_len))
         episodes = np.zeros((n, 2), np.int32)
         row, ep_of_ds = 0, [0] * len(datasets)
+        cache = CodeCache(cfg.code_cache, video_tokenizer) if cfg.code_cache else None
         bar = tqdm(total=n, desc="pretokenize", unit="seq", disable=not progress)
         for e_i, (d, task, s, acts) in enumerate(eps):
             name, ds = datasets[d]
             e = embs[d]
-            frames = [np.asarray(ds.episode_frames(ep_of_ds[d], f"observation.images.{c}")) for c in e["cameras"]]
-            assert all(len(f) == len(s) for f in frames), f"{name} episode {ep_of_ds[d]}: frames vs {len(s)} states"
-            e.setdefault("image_size", [int(x) for x in frames[0].shape[1:3]])
-            # encode only the frames some sequence shows (with --stride > 1 a third or more are never used)
             starts = range(0, len(s), cfg.stride_of(d))
-            used = {j for t in starts for j in history_indices(t, cfg.history, cfg.history_stride)}
-            if cfg.frame_loss:
-                used |= {min(len(s) - 1, t + n_act) for t in starts}
-            order = sorted(used)
-            at = {j: i for i, j in enumerate(order)}
-            codes = [video_tokenizer.encode(f[order]) for f in frames]  # per camera [len(order), h, w]
-            del frames
+            codes, at = _episode_codes(ds, ep_of_ds[d], e, len(s), starts, n_act, video_tokenizer, cache, cfg)
             for t, a in zip(starts, acts, strict=True):
                 hist = history_indices(t, cfg.history, cfg.history_stride)
                 steps = [([c[at[j]] for c in codes], s[j]) for j in hist]
@@ -372,9 +368,51 @@ def pretokenize(
             np.savez(stage / "ground.npz", **ground)
             meta["ground_scenes"] = len(ground["cell"])
         extra = {p.name: p for p in stage.iterdir()}
-        return write_shards(out, tokens, kinds, episodes, meta, extra_files=extra)
+        written = write_shards(out, tokens, kinds, episodes, meta, extra_files=extra)
+        if cache is not None:
+            cache.flush()
+            if progress:
+                print(f"video codes: {cache.hits} episode cameras from {cfg.code_cache}, {cache.misses} encoded")
+        return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _episode_codes(
+    ds: Any,
+    i: int,
+    e: dict[str, Any],
+    length: int,
+    starts: range,
+    n_act: int,
+    video_tokenizer: Any,
+    cache: CodeCache | None,
+    cfg: PretokenizeConfig,
+) -> tuple[list[np.ndarray], dict[int, int]]:
+    """Video codes of episode ``i`` per camera of ``e`` and the row of each frame index in them: from the
+    cache when it holds every camera, else decoded and encoded (and handed to the cache)."""
+    part, j = ds.locate(i)
+    keys = [f"observation.images.{c}" for c in e["cameras"]]
+    if cache is not None:
+        hit = [cache.get(part, j, k) for k in keys]
+        if all(c is not None and len(c) == length for c in hit):
+            e.setdefault("image_size", [int(x) for x in video_tokenizer.cfg.image_size])  # what encoded them
+            return hit, {t: t for t in range(length)}
+    frames = [np.asarray(part.episode_frames(j, k)) for k in keys]
+    assert all(len(f) == length for f in frames), f"{part.root} episode {j}: frames vs {length} states"
+    e.setdefault("image_size", [int(x) for x in frames[0].shape[1:3]])
+    if cache is not None:  # every frame, for whichever stride or history the next run asks
+        order = list(range(length))
+    else:  # only the frames some sequence shows (with --stride > 1 a third or more are never used)
+        used = {t for s in starts for t in history_indices(s, cfg.history, cfg.history_stride)}
+        if cfg.frame_loss:
+            used |= {min(length - 1, s + n_act) for s in starts}
+        order = sorted(used)
+    codes = [video_tokenizer.encode(f[order]) for f in frames]  # per camera [len(order), h, w]
+    if cache is not None:
+        for k, c in zip(keys, codes, strict=True):
+            cache.put(part, j, k, c)
+    return codes, {t: r for r, t in enumerate(order)}
 
 
 def _unique_names(paths: list[Path]) -> list[str]:

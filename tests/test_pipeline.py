@@ -256,6 +256,7 @@ def test_the_correct_stage_goes_on_from_the_train_stages_policy(tmp_path):
             str(tmp_path / f"shards_corrections{end}") if x == str(tmp_path / "shards") else x
             for x in plain[plain.index("--action-tokenizer") :]
         ]  # the same tokenizers and settings: the same token space
+        assert pre[pre.index("--code-cache") + 1] == str(tmp_path / "cache/video_codes")  # old episodes not re-encoded
         assert tr[tr.index("--init") + 1] == init and tr[tr.index("--out") + 1] == out
         assert tr[tr.index("--steps") + 1] == str(p.correction_steps)
         assert tr[tr.index("--lr") + 1] == str(p.correction_lr)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from robotok.datasets.lerobot_v3 import LeRobotDataset, LeRobotDatasetWriter
+from robotok.datasets.lerobot_v3 import DatasetGroup, LeRobotDataset, LeRobotDatasetWriter
 from robotok.policy.model import ModelConfig, Transformer
 from robotok.policy.pretokenize import PretokenizeConfig, action_chunk, main, pretokenize
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_NONE, TokenShards
@@ -341,6 +341,52 @@ def test_a_group_of_datasets_is_one_robot_normalised_by_its_first(world, tmp_pat
     with pytest.raises(SystemExit, match="cannot join .*a group is one robot"):
         main()
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_code_cache_encodes_each_episode_once_and_changes_no_row(world, tmp_path, monkeypatch) -> None:
+    """``--code-cache``: a second run (a round of corrections: the same datasets plus a new one) encodes only
+    the new dataset's episodes and writes the same rows as a run without the cache; a re-recorded directory
+    or another video tokenizer misses the cache instead of reading stale codes."""
+    root, vt, tok = world["root"], world["vt"], world["toks"][0]
+    encoded: list[int] = []
+    encode = vt.encode
+    monkeypatch.setattr(vt, "encode", lambda frames: encoded.append(len(frames)) or encode(frames))
+    base = {"cameras": ("front", "wrist"), "horizon": HORIZON, "n_action_steps": 3, "history": 2,
+            "history_stride": 2, "frame_loss": True, "state_bins": 128}  # fmt: skip
+    more = write_dataset(tmp_path / "more", "pick", 2, 7)
+
+    def run(name: str, parts: list[Path], cache: str = "") -> TokenShards:
+        ds = LeRobotDataset(parts[0]) if len(parts) == 1 else DatasetGroup([LeRobotDataset(p) for p in parts])
+        cfg = PretokenizeConfig(out=str(tmp_path / name), code_cache=cache, **base)
+        return TokenShards(pretokenize([("pick", ds)], [tok], vt, cfg, progress=False))
+
+    cache = str(tmp_path / "codes")
+    plain = run("plain", [root / "pick", more])
+    encoded.clear()
+    first = run("first", [root / "pick"], cache)
+    assert len(encoded) == 2 * 3  # 3 episodes x 2 cameras, encoded once each
+    encoded.clear()
+    second = run("second", [root / "pick", more], cache)
+    assert len(encoded) == 2 * 2  # only the new directory's 2 episodes x 2 cameras
+    np.testing.assert_array_equal(second.tokens, plain.tokens)
+    np.testing.assert_array_equal(second.kinds, plain.kinds)
+    np.testing.assert_array_equal(second.tokens[: len(first)], first.tokens)
+    assert len(list(Path(cache).rglob("*.npz"))) == 4  # (pick, more) x (front, wrist)
+    encoded.clear()
+    write_dataset(tmp_path / "again", "pick", 2, 8)  # other episodes where `more` was: a new key
+    shutil.rmtree(more)
+    shutil.move(tmp_path / "again" / "pick", more)
+    run("rerecorded", [root / "pick", more], cache)
+    assert len(encoded) == 2 * 2
+    encoded.clear()
+    with torch.no_grad():
+        next(vt.model.parameters()).add_(0.5)  # another tokenizer: every episode is encoded again
+    try:
+        run("retrained", [root / "pick"], cache)
+    finally:
+        with torch.no_grad():
+            next(vt.model.parameters()).sub_(0.5)
+    assert len(encoded) == 2 * 3
 
 
 def test_a_stride_per_dataset_must_name_every_dataset(world, tmp_path) -> None:
