@@ -208,7 +208,7 @@ class Policy:
         if self._prefix is None or self._prefix[0] != prefix or self._prefix[1].max_len < need:
             size = max(need, min(int(self.config.get("seq_len", 0)), self.model.cfg.max_seq_len))
             cache = self.model.new_cache(1, size)  # raises if `need` exceeds the model's max_seq_len
-            self.model.forward_cached(torch.tensor([prefix], device=self.device), cache)
+            self.model.forward_cached(torch.tensor([prefix], device=self.device), cache, last=True)
             self._prefix = (prefix, cache)
         cache = self._prefix[1]
         cache.truncate(len(prefix))
@@ -233,7 +233,7 @@ class Policy:
             if only_close:  # the grammar leaves nothing else: no model call
                 return out
             if self.use_cache:
-                logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache)[0, -1]
+                logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache, last=True)[0, -1]
             else:
                 logits = self.model(torch.tensor([context + out], device=self.device))[0][0, -1]
             tok = self._pick(logits, mask)
@@ -264,7 +264,7 @@ class Policy:
             feed = out[prefix_len:]
         for _ in range(dim):
             if self.use_cache:
-                logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache)[0, -1]
+                logits = self.model.forward_cached(torch.tensor([feed], device=self.device), cache, last=True)[0, -1]
             else:
                 logits = self.model(torch.tensor([out + goal], device=self.device))[0][0, -1]
             goal.append(self._pick(logits, mask))

@@ -324,6 +324,7 @@ class Transformer(nn.Module):
         inplace: bool,
         open_before: Tensor | None = None,
         cond_before: Tensor | None = None,
+        last: bool = False,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         b, t = idx.shape
         positions = pos.reshape(()).to(torch.long) + torch.arange(t, device=idx.device)  # [T]
@@ -338,7 +339,7 @@ class Transformer(nn.Module):
             vs.append(v_i)
         if not inplace:
             k_cache, v_cache = torch.stack(ks), torch.stack(vs)
-        return self._head(x), k_cache, v_cache, open_after, cond
+        return self._head(x[:, -1:] if last else x), k_cache, v_cache, open_after, cond
 
     def forward_kv(
         self, idx: Tensor, pos: Tensor, k_cache: Tensor, v_cache: Tensor, cond: Tensor | None = None
@@ -369,8 +370,9 @@ class Transformer(nn.Module):
         k = torch.zeros(shape, device=device or ref.device, dtype=dtype or ref.dtype)
         return KVCache(k, torch.zeros_like(k), 0)
 
-    def forward_cached(self, idx: Tensor, cache: KVCache) -> Tensor:
-        """Append idx [B, T] to the cache (in place), advance it, and return logits [B, T, V]."""
+    def forward_cached(self, idx: Tensor, cache: KVCache, last: bool = False) -> Tensor:
+        """Append idx [B, T] to the cache (in place), advance it, and return logits [B, T, V]; with ``last``
+        only the last position's, [B, 1, V] (what a decoding step reads: the head over a prefill is skipped)."""
         t = idx.shape[1]
         if idx.shape[0] != cache.k.shape[1]:
             raise ValueError(f"batch {idx.shape[0]} != cache batch {cache.k.shape[1]}")
@@ -378,7 +380,7 @@ class Transformer(nn.Module):
             raise ValueError(f"cache full: position {cache.pos} + {t} tokens > {cache.max_len}")
         pos = torch.tensor(cache.pos, device=idx.device)
         logits, _, _, open_after, cond = self._decode(
-            idx, pos, cache.k, cache.v, cache.pos + t, True, cache.frame_open, cache.cond
+            idx, pos, cache.k, cache.v, cache.pos + t, True, cache.frame_open, cache.cond, last
         )
         if open_after is not None:
             cache.frame_open = open_after

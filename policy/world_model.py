@@ -204,11 +204,11 @@ class Imagination:
             )
         if self._cache is None or self._cache.max_len < need:
             self._cache = model.new_cache(1, max(need, min(int(p.config.get("seq_len", 0)) + 8, model.cfg.max_seq_len)))
-            model.forward_cached(torch.tensor([self._prefix], device=p.device), self._cache)
+            model.forward_cached(torch.tensor([self._prefix], device=p.device), self._cache, last=True)
         self._cache.truncate(len(self._prefix))
 
         def feed(ids: list[int]) -> torch.Tensor:
-            return model.forward_cached(torch.tensor([ids], device=p.device), self._cache)[0, -1]
+            return model.forward_cached(torch.tensor([ids], device=p.device), self._cache, last=True)[0, -1]
 
         sample = {"temperature": p.temperature, "top_k": p.top_k, "generator": p.generator}
         logits = feed(context[len(self._prefix) :])

@@ -243,8 +243,8 @@ class Hostile(torch.nn.Module):
     def new_cache(self, batch, max_len=None):
         return self.inner.new_cache(batch, max_len)
 
-    def forward_cached(self, idx, cache):
-        return self.inner.forward_cached(idx, cache) + self.bias
+    def forward_cached(self, idx, cache, last=False):
+        return self.inner.forward_cached(idx, cache, last) + self.bias
 
 
 @pytest.mark.parametrize("temperature", [0.0, 2.0])

@@ -104,8 +104,8 @@ class Hostile(torch.nn.Module):
     def new_cache(self, batch, max_len=None):
         return self.inner.new_cache(batch, max_len)
 
-    def forward_cached(self, idx, cache):
-        return self.inner.forward_cached(idx, cache) + self.bias
+    def forward_cached(self, idx, cache, last=False):
+        return self.inner.forward_cached(idx, cache, last) + self.bias
 
 
 @pytest.mark.parametrize("temperature,top_k", [(0.0, 0), (1.5, 0), (1.0, 5)])
@@ -163,9 +163,9 @@ def test_prompt_cache_gives_the_same_chunks_as_no_cache(goal: bool) -> None:
     plain = Policy(model, space, config, toks, vt, use_cache=False)
     fed, forward_cached = [0], model.forward_cached
 
-    def counting(idx: torch.Tensor, cache):
+    def counting(idx: torch.Tensor, cache, last=False):
         fed[0] += idx.shape[1]
-        return forward_cached(idx, cache)
+        return forward_cached(idx, cache, last)
 
     model.forward_cached = counting
     rng = np.random.default_rng(5)

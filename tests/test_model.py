@@ -32,6 +32,11 @@ def test_kv_cache_matches_full_forward(model):
     parts += [model.forward_cached(idx[:, t : t + 1], cache) for t in range(40, 60)]  # token by token
     assert cache.pos == 60
     torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=0)
+    cache = model.new_cache(2, 96)  # last=True: the last position's logits alone, the cache filled the same
+    last = model.forward_cached(idx[:, :40], cache, last=True)
+    assert last.shape == (2, 1, full.shape[-1]) and cache.pos == 40
+    torch.testing.assert_close(last, full[:, 39:40], atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.forward_cached(idx[:, 40:41], cache, last=True), full[:, 40:41], atol=1e-5, rtol=0)
 
 
 @torch.no_grad()
