@@ -109,3 +109,24 @@ class CodeCache:
             written.append(path)
         self._new.clear()
         return written
+
+
+def episode_codes(
+    ds: Any, i: int, keys: list[str], length: int, used: list[int], video_tokenizer: Any, cache: CodeCache | None
+) -> tuple[list[np.ndarray], dict[int, int]]:
+    """Video codes of episode ``i`` of ``ds`` (a LeRobotDataset or DatasetGroup) per camera key, and the row of
+    each frame index in them. Without a cache only the ``used`` frames are encoded; with one, every frame (for
+    whichever stride or history the next run asks), read from the cache when it holds every camera."""
+    part, j = ds.locate(i)
+    if cache is not None:
+        hit = [cache.get(part, j, k) for k in keys]
+        if all(c is not None and len(c) == length for c in hit):
+            return hit, {t: t for t in range(length)}
+        used = list(range(length))
+    frames = [np.asarray(part.episode_frames(j, k)) for k in keys]
+    assert all(len(f) == length for f in frames), f"{part.root} episode {j}: frames vs {length} states"
+    codes = [video_tokenizer.encode(f[used]) for f in frames]  # per camera [len(used), h, w]
+    if cache is not None:
+        for k, c in zip(keys, codes, strict=True):
+            cache.put(part, j, k, c)
+    return codes, {t: r for r, t in enumerate(used)}

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from robotok.policy.code_cache import CodeCache
+from robotok.policy.code_cache import CodeCache, episode_codes
 from robotok.policy.ground import ground_set
 from robotok.policy.shards import KIND_ACTION, KIND_FRAME, KIND_GOAL, write_shards
 from robotok.tokenizers.space import PAD, ActionRange, Embodiment, TokenSpace, history_indices
@@ -194,6 +194,7 @@ def pretokenize(
             {
                 "name": name,
                 "cameras": cams,
+                "image_size": [int(x) for x in video_tokenizer.cfg.image_size],  # its encoder checks the frames
                 "state_dim": int(s_all.shape[1]),
                 "action_dim": int(adim),
                 "tokenizer_dim": tdim,
@@ -274,7 +275,12 @@ def pretokenize(
             name, ds = datasets[d]
             e = embs[d]
             starts = range(0, len(s), cfg.stride_of(d))
-            codes, at = _episode_codes(ds, ep_of_ds[d], e, len(s), starts, n_act, video_tokenizer, cache, cfg)
+            # the frames some sequence shows (with --stride > 1 a third or more are never used)
+            used = {j for t in starts for j in history_indices(t, cfg.history, cfg.history_stride)}
+            if cfg.frame_loss:
+                used |= {min(len(s) - 1, t + n_act) for t in starts}
+            keys = [f"observation.images.{c}" for c in e["cameras"]]
+            codes, at = episode_codes(ds, ep_of_ds[d], keys, len(s), sorted(used), video_tokenizer, cache)
             for t, a in zip(starts, acts, strict=True):
                 hist = history_indices(t, cfg.history, cfg.history_stride)
                 steps = [([c[at[j]] for c in codes], s[j]) for j in hist]
@@ -376,43 +382,6 @@ def pretokenize(
         return written
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _episode_codes(
-    ds: Any,
-    i: int,
-    e: dict[str, Any],
-    length: int,
-    starts: range,
-    n_act: int,
-    video_tokenizer: Any,
-    cache: CodeCache | None,
-    cfg: PretokenizeConfig,
-) -> tuple[list[np.ndarray], dict[int, int]]:
-    """Video codes of episode ``i`` per camera of ``e`` and the row of each frame index in them: from the
-    cache when it holds every camera, else decoded and encoded (and handed to the cache)."""
-    part, j = ds.locate(i)
-    keys = [f"observation.images.{c}" for c in e["cameras"]]
-    if cache is not None:
-        hit = [cache.get(part, j, k) for k in keys]
-        if all(c is not None and len(c) == length for c in hit):
-            e.setdefault("image_size", [int(x) for x in video_tokenizer.cfg.image_size])  # what encoded them
-            return hit, {t: t for t in range(length)}
-    frames = [np.asarray(part.episode_frames(j, k)) for k in keys]
-    assert all(len(f) == length for f in frames), f"{part.root} episode {j}: frames vs {length} states"
-    e.setdefault("image_size", [int(x) for x in frames[0].shape[1:3]])
-    if cache is not None:  # every frame, for whichever stride or history the next run asks
-        order = list(range(length))
-    else:  # only the frames some sequence shows (with --stride > 1 a third or more are never used)
-        used = {t for s in starts for t in history_indices(s, cfg.history, cfg.history_stride)}
-        if cfg.frame_loss:
-            used |= {min(length - 1, s + n_act) for s in starts}
-        order = sorted(used)
-    codes = [video_tokenizer.encode(f[order]) for f in frames]  # per camera [len(order), h, w]
-    if cache is not None:
-        for k, c in zip(keys, codes, strict=True):
-            cache.put(part, j, k, c)
-    return codes, {t: r for r, t in enumerate(order)}
 
 
 def _unique_names(paths: list[Path]) -> list[str]:
